@@ -1,0 +1,1 @@
+"""securechat: a self-hostable, end-to-end encrypted chat relay and client."""

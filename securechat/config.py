@@ -1,0 +1,247 @@
+"""The server's configuration: one TOML file loaded into frozen dataclasses.
+
+Every value is checked here, once, so the rest of the server can trust its config object
+and a bad file stops ``twistd`` with a single line naming the file and the key.
+Relative paths are resolved against the directory of the config file, so the server
+behaves the same whatever directory it is started from.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from securechat.errors import ConfigError
+
+#: Key-agreement backends that exist (``securechat.crypto.kem`` registers the same names;
+#: a test keeps the two lists equal, because the server must not import the crypto package).
+KNOWN_BACKENDS = ("dh", "ecdh", "rsa")
+AUTH_METHODS = ("password", "publickey", "certificate")
+PASSWORD_HASHES = ("argon2id", "scrypt")
+MESSAGING_POLICIES = ("anyone", "contacts")
+TLS_VERSIONS = ("1.2", "1.3")
+SYNCHRONOUS_MODES = ("full", "normal")
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    """``[server]``: where to listen and the per-connection limits."""
+
+    host: str = "127.0.0.1"
+    port: int = 8443
+    max_frame_bytes: int = 1 << 20
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 600.0
+    max_outbound_bytes: int = 4 << 20
+
+
+@dataclass(frozen=True)
+class TLSSection:
+    """``[tls]``: certificate material; generated on first start when ``auto_generate``."""
+
+    auto_generate: bool = True
+    cert: Path = Path("var/tls/server.pem")
+    key: Path = Path("var/tls/server.key")
+    ca: Path = Path("var/tls/ca.pem")
+    ca_key: Path = Path("var/tls/ca.key")
+    min_version: str = "1.3"
+    hostnames: tuple[str, ...] = ("localhost", "127.0.0.1")
+
+
+@dataclass(frozen=True)
+class StoreSection:
+    """``[store]``: the SQLite database and the offline-queue policy."""
+
+    path: Path = Path("var/securechat.sqlite3")
+    queue_ttl: float = 30 * 24 * 3600.0
+    queue_limit: int = 10_000
+    synchronous: str = "full"
+    max_batch: int = 4096
+
+
+@dataclass(frozen=True)
+class AuthSection:
+    """``[auth]``: which login methods exist and how registration and throttling work."""
+
+    methods: tuple[str, ...] = ("password", "publickey")
+    registration: bool = True
+    registration_pow_bits: int = 0
+    password_hash: str = "argon2id"
+    account_burst: int = 5
+    account_rate: float = 0.2
+    address_burst: int = 20
+    address_rate: float = 1.0
+
+
+@dataclass(frozen=True)
+class CryptoSection:
+    """``[crypto]``: the end-to-end backends clients may use, and the default one."""
+
+    backends: tuple[str, ...] = ("ecdh", "dh", "rsa")
+    default_backend: str = "ecdh"
+
+
+@dataclass(frozen=True)
+class PolicySection:
+    """``[policy]``: who may message whom, and how fast."""
+
+    messaging: str = "anyone"
+    send_rate: float = 500.0
+    send_burst: int = 2000
+    max_envelope_bytes: int = 64 * 1024
+    max_room_members: int = 256
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The whole, validated server configuration."""
+
+    path: Path
+    server: ServerSection
+    tls: TLSSection
+    store: StoreSection
+    auth: AuthSection
+    crypto: CryptoSection
+    policy: PolicySection
+
+
+_T = TypeVar("_T")
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerSection,
+    "tls": TLSSection,
+    "store": StoreSection,
+    "auth": AuthSection,
+    "crypto": CryptoSection,
+    "policy": PolicySection,
+}
+
+
+def load_config(path: str | Path) -> ServerConfig:
+    """Read and validate the TOML file at ``path``.
+
+    :raises ConfigError: naming the file and the key, for any missing file, syntax
+        error, unknown key, wrongly typed or out-of-range value.
+    """
+    p = Path(path)
+    shown = str(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(shown, "(file)", f"cannot read: {e.strerror or e}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(shown, "(syntax)", str(e)) from None
+    return config_from_mapping(data, p.resolve().parent, shown)
+
+
+def config_from_mapping(data: Mapping[str, Any], base: Path, shown: str) -> ServerConfig:
+    """Build a :class:`ServerConfig` from parsed TOML, resolving paths against ``base``."""
+    for name in data:
+        if name not in _SECTIONS:
+            raise ConfigError(shown, f"[{name}]", "unknown section")
+    built: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        section = data.get(name, {})
+        if not isinstance(section, dict):
+            raise ConfigError(shown, f"[{name}]", "must be a table")
+        built[name] = _build_section(cls, name, section, base, shown)
+    cfg = ServerConfig(path=Path(shown), **built)
+    _check(cfg, shown)
+    return cfg
+
+
+def _build_section(
+    cls: type[_T], name: str, section: Mapping[str, Any], base: Path, shown: str
+) -> _T:
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for key, value in section.items():
+        where = f"[{name}] {key}"
+        if key not in known:
+            raise ConfigError(shown, where, "unknown key")
+        default = known[key].default
+        values[key] = _coerce(value, default, where, base, shown)
+    obj = cls(**values)
+    # Default paths are relative too: resolve them against the config file's directory.
+    for key, f in known.items():
+        if isinstance(f.default, Path) and key not in values:
+            object.__setattr__(obj, key, (base / f.default).resolve())
+    return obj
+
+
+def _coerce(value: Any, default: Any, where: str, base: Path, shown: str) -> Any:
+    """Check ``value`` against the type of the field's default and convert it."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(shown, where, "must be true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(shown, where, "must be an integer")
+        if value < 0:
+            raise ConfigError(shown, where, "must not be negative")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(shown, where, "must be a number")
+        if value < 0:
+            raise ConfigError(shown, where, "must not be negative")
+        return float(value)
+    if isinstance(default, Path):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(shown, where, "must be a non-empty path string")
+        return (base / value).resolve()
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(shown, where, "must be a list of strings")
+        return tuple(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(shown, where, "must be a string")
+        return value
+    raise ConfigError(shown, where, "unsupported value")  # pragma: no cover
+
+
+def _one_of(shown: str, where: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(shown, where, f"{value!r} is not one of {', '.join(allowed)}")
+
+
+def _check(cfg: ServerConfig, shown: str) -> None:
+    """Cross-field and range checks that a type alone cannot express."""
+    if not 0 <= cfg.server.port <= 65535:
+        raise ConfigError(shown, "[server] port", "must be between 0 and 65535")
+    if not 1024 <= cfg.server.max_frame_bytes <= 64 << 20:
+        raise ConfigError(shown, "[server] max_frame_bytes", "must be between 1024 and 64 MiB")
+    if cfg.server.handshake_timeout <= 0 or cfg.server.idle_timeout <= 0:
+        raise ConfigError(shown, "[server] handshake_timeout", "timeouts must be positive")
+    _one_of(shown, "[tls] min_version", cfg.tls.min_version, TLS_VERSIONS)
+    if not cfg.tls.hostnames:
+        raise ConfigError(shown, "[tls] hostnames", "must name at least one host")
+    _one_of(shown, "[store] synchronous", cfg.store.synchronous, SYNCHRONOUS_MODES)
+    if cfg.store.queue_limit < 1 or cfg.store.max_batch < 1:
+        raise ConfigError(shown, "[store] queue_limit", "limits must be at least 1")
+    if not cfg.auth.methods:
+        raise ConfigError(shown, "[auth] methods", "must name at least one method")
+    for m in cfg.auth.methods:
+        _one_of(shown, "[auth] methods", m, AUTH_METHODS)
+    _one_of(shown, "[auth] password_hash", cfg.auth.password_hash, PASSWORD_HASHES)
+    if cfg.auth.registration_pow_bits > 32:
+        raise ConfigError(shown, "[auth] registration_pow_bits", "must be at most 32")
+    if not cfg.crypto.backends:
+        raise ConfigError(shown, "[crypto] backends", "must name at least one backend")
+    for b in cfg.crypto.backends:
+        _one_of(shown, "[crypto] backends", b, KNOWN_BACKENDS)
+    if cfg.crypto.default_backend not in cfg.crypto.backends:
+        raise ConfigError(
+            shown, "[crypto] default_backend", f"{cfg.crypto.default_backend!r} is not in backends"
+        )
+    _one_of(shown, "[policy] messaging", cfg.policy.messaging, MESSAGING_POLICIES)
+    if cfg.policy.max_envelope_bytes >= cfg.server.max_frame_bytes:
+        raise ConfigError(
+            shown, "[policy] max_envelope_bytes", "must be smaller than [server] max_frame_bytes"
+        )

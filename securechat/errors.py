@@ -1,0 +1,39 @@
+"""The exception hierarchy shared by the server, the admin tool and the client.
+
+Each class's docstring is the text a user sees, so keep it one plain sentence.
+"""
+
+from __future__ import annotations
+
+
+class SecureChatError(Exception):
+    """Something went wrong in securechat."""
+
+
+class ConfigError(SecureChatError):
+    """The configuration file has a bad value.
+
+    The message always names the file and the key, so one line is enough for the operator.
+    """
+
+    def __init__(self, path: str, key: str, problem: str) -> None:
+        self.path = path
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{path}: {key}: {problem}")
+
+
+class StoreError(SecureChatError):
+    """The database could not complete the operation."""
+
+
+class UserExists(StoreError):
+    """A user with that name already exists."""
+
+
+class NoSuchUser(StoreError):
+    """There is no user with that name."""
+
+
+class QueueFull(StoreError):
+    """The recipient's offline queue is full."""

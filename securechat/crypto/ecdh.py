@@ -1,0 +1,247 @@
+"""Elliptic-curve Diffie-Hellman backends (X25519, P-256) as KEMs, exactly as HPKE's DHKEM.
+
+Why DHKEM (RFC 9180 section 4.1) rather than a home-made construction: ``encapsulate`` makes a
+fresh ephemeral key pair, ``enc`` is its public half, and the shared secret is
+``ExtractAndExpand(dh, enc || pkR)``. Binding both public values into the secret stops an
+attacker from substituting an equivalent encoding of either key, and following RFC 9180 to the
+byte means the published HPKE test vectors check this module (``DHKEM(X25519, HKDF-SHA256)``,
+KEM id 0x0020, and ``DHKEM(P-256, HKDF-SHA256)``, KEM id 0x0010).
+
+Serialised key formats (those of RFC 9180 section 7.1):
+
+* X25519: public and private keys are the raw 32-byte strings of RFC 7748.
+* P-256: the public key is an uncompressed SEC1 point (65 bytes, ``0x04 || x || y``); the
+  private key is the 32-byte big-endian scalar. Compressed points are refused so that each key
+  has exactly one encoding.
+
+The labelled HKDF helpers are public because :mod:`securechat.crypto.dh` reuses them with its
+own suite identifiers: one KDF construction for every DH-style backend.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, hmac, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+from zope.interface import implementer
+
+from securechat.crypto import kem
+from securechat.crypto.kem import IKem, KemError, KeyPair
+
+__all__ = [
+    "P256Kem",
+    "X25519Kem",
+    "dhkem_shared_secret",
+    "labeled_expand",
+    "labeled_extract",
+    "make_ecdh",
+]
+
+#: Length of every secret this module (and :mod:`securechat.crypto.dh`) produces: Nsecret of
+#: the HKDF-SHA256 DHKEMs, and the key size of AES-256-GCM used further up.
+SECRET_SIZE = 32
+
+_HPKE_VERSION = b"HPKE-v1"
+_HASH_LEN = 32
+
+
+def labeled_extract(suite_id: bytes, salt: bytes, label: bytes, ikm: bytes) -> bytes:
+    """RFC 9180 ``LabeledExtract`` with HKDF-SHA256.
+
+    The version and suite prefix give domain separation: a DH output can never yield the same
+    key under two different KEMs or protocols.
+    """
+    mac = hmac.HMAC(salt or bytes(_HASH_LEN), hashes.SHA256())
+    mac.update(_HPKE_VERSION + suite_id + label + ikm)
+    return mac.finalize()
+
+
+def labeled_expand(suite_id: bytes, prk: bytes, label: bytes, info: bytes, length: int) -> bytes:
+    """RFC 9180 ``LabeledExpand`` with HKDF-SHA256 (the output length is bound into ``info``)."""
+    labeled_info = length.to_bytes(2, "big") + _HPKE_VERSION + suite_id + label + info
+    return HKDFExpand(hashes.SHA256(), length, labeled_info).derive(prk)
+
+
+def dhkem_shared_secret(suite_id: bytes, dh_output: bytes, enc: bytes, pk_r: bytes) -> bytes:
+    """RFC 9180 ``ExtractAndExpand`` with ``kem_context = enc || pkR``.
+
+    The raw DH output is not uniformly random (and for FFDH is much longer than a key), so it
+    is never used directly; hashing it together with both public values binds the secret to
+    this exact exchange.
+    """
+    prk = labeled_extract(suite_id, b"", b"eae_prk", dh_output)
+    return labeled_expand(suite_id, prk, b"shared_secret", enc + pk_r, SECRET_SIZE)
+
+
+@implementer(IKem)
+class _DhKem(ABC):
+    """Shared DHKEM logic; subclasses supply key (de)serialisation and the raw DH function."""
+
+    name = "ecdh"
+    params = ""
+    secret_size = SECRET_SIZE
+    rotates_every_turn = True
+    suite_id = b""
+
+    @abstractmethod
+    def generate_keypair(self) -> KeyPair:
+        """Make a fresh key pair in this curve's serialised form."""
+
+    @abstractmethod
+    def validate_public(self, public: bytes) -> None:
+        """Raise :class:`KemError` unless ``public`` is a usable peer key."""
+
+    @abstractmethod
+    def exchange(self, private: bytes, public: bytes) -> bytes:
+        """Raw DH: validate ``public``, return the DH output; raise :class:`KemError` if unusable.
+
+        Public so that the Wycheproof vectors exercise the very code path ``decapsulate`` uses.
+        """
+
+    @abstractmethod
+    def public_from_private(self, private: bytes) -> bytes:
+        """Serialised public key of ``private`` (``pkR`` in the KEM context)."""
+
+    def encapsulate(self, public: bytes) -> tuple[bytes, bytes]:
+        """Ephemeral-static DH to ``public``; the ephemeral public key is ``enc``."""
+        ephemeral = self.generate_keypair()
+        dh_output = self.exchange(ephemeral.private, public)
+        return dhkem_shared_secret(self.suite_id, dh_output, ephemeral.public, public), (
+            ephemeral.public
+        )
+
+    def decapsulate(self, private: bytes, enc: bytes) -> bytes:
+        """Recompute the secret from our static private key and the sender's ephemeral ``enc``."""
+        dh_output = self.exchange(private, enc)
+        pk_r = self.public_from_private(private)
+        return dhkem_shared_secret(self.suite_id, dh_output, enc, pk_r)
+
+
+class X25519Kem(_DhKem):
+    """``DHKEM(X25519, HKDF-SHA256)``: the default backend (fast, misuse-resistant curve)."""
+
+    params = "x25519"
+    suite_id = b"KEM\x00\x20"
+
+    def generate_keypair(self) -> KeyPair:
+        key = x25519.X25519PrivateKey.generate()
+        return KeyPair(
+            public=key.public_key().public_bytes_raw(),
+            private=key.private_bytes_raw(),
+        )
+
+    def validate_public(self, public: bytes) -> None:
+        """Reject wrong lengths and the low-order points that force an all-zero DH output.
+
+        RFC 7748 keys need no on-curve check, but a low-order point makes the shared secret a
+        constant known to everyone. Clamped scalars are multiples of the cofactor 8, so a
+        trial exchange with a throw-away key yields zero exactly for those points.
+        """
+        self.exchange(x25519.X25519PrivateKey.generate().private_bytes_raw(), public)
+
+    def exchange(self, private: bytes, public: bytes) -> bytes:
+        peer = _load_x25519_public(public)
+        key = _load_x25519_private(private)
+        try:
+            return key.exchange(peer)
+        except ValueError as exc:
+            # cryptography raises ValueError when the output is all zeros (a low-order point).
+            raise KemError(
+                "X25519 public key is a low-order point (all-zero shared secret)"
+            ) from exc
+
+    def public_from_private(self, private: bytes) -> bytes:
+        return _load_x25519_private(private).public_key().public_bytes_raw()
+
+
+class P256Kem(_DhKem):
+    """``DHKEM(P-256, HKDF-SHA256)``: for peers that must stay within NIST curves."""
+
+    params = "p256"
+    suite_id = b"KEM\x00\x10"
+
+    def generate_keypair(self) -> KeyPair:
+        key = ec.generate_private_key(ec.SECP256R1())
+        return KeyPair(
+            public=_p256_public_bytes(key.public_key()),
+            private=key.private_numbers().private_value.to_bytes(32, "big"),
+        )
+
+    def validate_public(self, public: bytes) -> None:
+        """Reject anything but an uncompressed SEC1 encoding of a point on P-256.
+
+        Invalid-curve attacks recover a static private key from DH outputs on points of small
+        order off the curve, so every peer point is decoded with a full on-curve check.
+        """
+        _load_p256_public(public)
+
+    def exchange(self, private: bytes, public: bytes) -> bytes:
+        peer = _load_p256_public(public)
+        key = _load_p256_private(private)
+        try:
+            return key.exchange(ec.ECDH(), peer)
+        except ValueError as exc:  # pragma: no cover - points are validated on decoding
+            raise KemError("P-256 key agreement failed") from exc
+
+    def public_from_private(self, private: bytes) -> bytes:
+        return _p256_public_bytes(_load_p256_private(private).public_key())
+
+
+def _load_x25519_public(public: bytes) -> x25519.X25519PublicKey:
+    if len(public) != 32:
+        raise KemError(f"X25519 public key must be 32 bytes, got {len(public)}")
+    return x25519.X25519PublicKey.from_public_bytes(public)
+
+
+def _load_x25519_private(private: bytes) -> x25519.X25519PrivateKey:
+    if len(private) != 32:
+        raise KemError("X25519 private key must be 32 bytes")
+    return x25519.X25519PrivateKey.from_private_bytes(private)
+
+
+def _p256_public_bytes(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+
+
+def _load_p256_public(public: bytes) -> ec.EllipticCurvePublicKey:
+    if len(public) != 65 or public[0] != 0x04:
+        raise KemError("P-256 public key must be a 65-byte uncompressed SEC1 point")
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), public)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise KemError("P-256 public key is not a point on the curve") from exc
+
+
+def _load_p256_private(private: bytes) -> ec.EllipticCurvePrivateKey:
+    if len(private) != 32:
+        raise KemError("P-256 private key must be a 32-byte scalar")
+    try:
+        return ec.derive_private_key(int.from_bytes(private, "big"), ec.SECP256R1())
+    except ValueError as exc:
+        raise KemError("P-256 private scalar out of range") from exc
+
+
+_CURVES: dict[str, type[_DhKem]] = {"x25519": X25519Kem, "p256": P256Kem}
+
+
+def make_ecdh(curve: str = "x25519", **unknown: object) -> IKem:
+    """Registry factory: ``curve`` is ``"x25519"`` (default) or ``"p256"``.
+
+    :raises KemError: for an unknown curve or any other parameter, so a typo in the
+        configuration fails loudly instead of silently selecting the default.
+    """
+    if unknown:
+        raise KemError(f"ecdh: unknown parameter(s) {sorted(unknown)}")
+    try:
+        cls = _CURVES[curve]
+    except (KeyError, TypeError):
+        raise KemError(f"ecdh: unknown curve {curve!r}; choose from {sorted(_CURVES)}") from None
+    return cls()
+
+
+kem.register("ecdh", make_ecdh)

@@ -1,0 +1,258 @@
+"""The client's local secrets: identity key, prekeys, pins, sessions — encrypted at rest.
+
+Everything lives in one file sealed with AES-256-GCM under a key derived from the user's
+passphrase with Argon2id (RFC 9106; OWASP parameters or stronger), so a stolen device
+without the passphrase yields nothing but sizes. The KDF header (salt and parameters) is
+the AEAD's associated data: tampering with it fails decryption instead of weakening it.
+Writes are atomic (temporary file, fsync, rename) so a crash never leaves half a keystore.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cbor2
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
+from securechat.errors import SecureChatError
+
+MAGIC = b"SCKS1\n"
+FILE_NAME = "keystore.bin"
+MAX_FILE_BYTES = 64 << 20
+
+
+class KeystoreError(SecureChatError):
+    """The local keystore could not be opened."""
+
+
+@dataclass(frozen=True)
+class KdfParams:
+    """Argon2id cost; the defaults follow RFC 9106's second recommended profile (64 MiB)."""
+
+    memory_kib: int = 65536
+    iterations: int = 3
+    lanes: int = 4
+
+    def check(self) -> None:
+        """Refuse parameters that a tampered file could use to exhaust memory or time."""
+        if not (8192 <= self.memory_kib <= 1 << 21 and 1 <= self.iterations <= 16):
+            raise KeystoreError("keystore has unacceptable key-derivation parameters")
+        if not 1 <= self.lanes <= 16:
+            raise KeystoreError("keystore has unacceptable key-derivation parameters")
+
+
+#: Cheap parameters for tests only; production code never selects them implicitly.
+TEST_KDF = KdfParams(memory_kib=8192, iterations=1, lanes=1)
+
+
+def derive_key(passphrase: str, salt: bytes, params: KdfParams) -> bytes:
+    """Argon2id(passphrase, salt) -> 32-byte key-encryption key."""
+    return Argon2id(
+        salt=salt,
+        length=32,
+        iterations=params.iterations,
+        lanes=params.lanes,
+        memory_cost=params.memory_kib,
+    ).derive(passphrase.encode("utf-8"))
+
+
+@dataclass
+class Pin:
+    """A peer's identity key as first seen (TOFU), and whether the user verified it."""
+
+    identity_key: bytes
+    verified: bool = False
+    changed_from: bytes | None = None
+
+
+@dataclass
+class KeystoreState:
+    """The decrypted contents; plain data so it serialises to CBOR as-is."""
+
+    user: str
+    identity_private: bytes
+    prekeys: dict[str, bytes] = field(default_factory=dict)
+    pins: dict[str, Pin] = field(default_factory=dict)
+    sessions: dict[str, bytes] = field(default_factory=dict)
+    seen: dict[str, list[bytes]] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_cbor(self) -> bytes:
+        pins = {
+            k: {"key": p.identity_key, "verified": p.verified, "changed_from": p.changed_from}
+            for k, p in self.pins.items()
+        }
+        return bytes(
+            cbor2.dumps(
+                {
+                    "user": self.user,
+                    "identity_private": self.identity_private,
+                    "prekeys": self.prekeys,
+                    "pins": pins,
+                    "sessions": self.sessions,
+                    "seen": self.seen,
+                    "counters": self.counters,
+                    "extra": self.extra,
+                },
+                canonical=True,
+            )
+        )
+
+    @classmethod
+    def from_cbor(cls, data: bytes) -> KeystoreState:
+        raw = cbor2.loads(data)
+        if not isinstance(raw, dict):
+            raise KeystoreError("keystore contents are malformed")
+        try:
+            pins = {
+                str(k): Pin(bytes(v["key"]), bool(v["verified"]), v.get("changed_from"))
+                for k, v in raw["pins"].items()
+            }
+            return cls(
+                user=str(raw["user"]),
+                identity_private=bytes(raw["identity_private"]),
+                prekeys={str(k): bytes(v) for k, v in raw["prekeys"].items()},
+                pins=pins,
+                sessions={str(k): bytes(v) for k, v in raw["sessions"].items()},
+                seen={str(k): [bytes(x) for x in v] for k, v in raw["seen"].items()},
+                counters={str(k): int(v) for k, v in raw["counters"].items()},
+                extra=dict(raw.get("extra", {})),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise KeystoreError("keystore contents are malformed") from e
+
+
+class Keystore:
+    """An open keystore: the state in memory and the key to write it back.
+
+    The derived key stays in memory for the process's life so that saving after every
+    message does not pay the Argon2id cost again; the passphrase itself is not kept.
+    """
+
+    #: Remembered message ids per peer, for dropping duplicates and replays.
+    SEEN_LIMIT = 4096
+
+    def __init__(self, path: Path, state: KeystoreState, key: bytes, header: bytes) -> None:
+        self.path = path
+        self.state = state
+        self._key = key
+        self._header = header
+
+    # -- opening --------------------------------------------------------------
+    @staticmethod
+    def file_for(home: Path) -> Path:
+        return home / FILE_NAME
+
+    @classmethod
+    def exists(cls, home: Path) -> bool:
+        return cls.file_for(home).exists()
+
+    @classmethod
+    def create(
+        cls,
+        home: Path,
+        passphrase: str,
+        user: str,
+        identity_private: bytes,
+        params: KdfParams | None = None,
+    ) -> Keystore:
+        """Make a new keystore; refuses to overwrite an existing one (it holds the identity)."""
+        params = params or KdfParams()
+        path = cls.file_for(home)
+        if path.exists():
+            raise KeystoreError(f"a keystore already exists at {path}")
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        salt = os.urandom(16)
+        header = bytes(
+            cbor2.dumps(
+                {
+                    "kdf": "argon2id",
+                    "salt": salt,
+                    "m": params.memory_kib,
+                    "t": params.iterations,
+                    "p": params.lanes,
+                },
+                canonical=True,
+            )
+        )
+        store = cls(
+            path,
+            KeystoreState(user, identity_private),
+            derive_key(passphrase, salt, params),
+            header,
+        )
+        store.save()
+        return store
+
+    @classmethod
+    def open(cls, home: Path, passphrase: str) -> Keystore:
+        """Decrypt the keystore; a wrong passphrase is a clear :class:`KeystoreError`."""
+        path = cls.file_for(home)
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            raise KeystoreError(f"no keystore at {path} (use --register first)") from None
+        except OSError as e:
+            raise KeystoreError(f"cannot read keystore {path}: {e.strerror}") from None
+        if len(blob) > MAX_FILE_BYTES or not blob.startswith(MAGIC):
+            raise KeystoreError(f"{path} is not a securechat keystore")
+        body = blob[len(MAGIC) :]
+        if len(body) < 4:
+            raise KeystoreError(f"{path} is truncated")
+        hlen = int.from_bytes(body[:4], "big")
+        header, rest = body[4 : 4 + hlen], body[4 + hlen :]
+        if len(header) != hlen or len(rest) < 12 + 16:
+            raise KeystoreError(f"{path} is truncated")
+        try:
+            meta = cbor2.loads(header)
+            params = KdfParams(int(meta["m"]), int(meta["t"]), int(meta["p"]))
+            salt = bytes(meta["salt"])
+            if meta["kdf"] != "argon2id" or len(salt) < 16:
+                raise ValueError("kdf")
+        except (KeyError, TypeError, ValueError, cbor2.CBORDecodeError):
+            raise KeystoreError(f"{path} has a malformed header") from None
+        params.check()
+        key = derive_key(passphrase, salt, params)
+        try:
+            plain = AESGCM(key).decrypt(rest[:12], rest[12:], MAGIC + header)
+        except InvalidTag:
+            raise KeystoreError(
+                "wrong passphrase for the keystore (or the file was altered)"
+            ) from None
+        return cls(path, KeystoreState.from_cbor(plain), key, header)
+
+    # -- writing --------------------------------------------------------------
+    def save(self) -> None:
+        """Seal and atomically replace the file (mode 0600)."""
+        nonce = os.urandom(12)
+        sealed = AESGCM(self._key).encrypt(nonce, self.state.to_cbor(), MAGIC + self._header)
+        data = MAGIC + len(self._header).to_bytes(4, "big") + self._header + nonce + sealed
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+
+    # -- conveniences used by the client ------------------------------------
+    def remember(self, peer: str, message_id: bytes) -> bool:
+        """Record ``message_id`` from ``peer``; False if it was seen before (a duplicate)."""
+        seen = self.state.seen.setdefault(peer, [])
+        if message_id in seen:
+            return False
+        seen.append(message_id)
+        if len(seen) > self.SEEN_LIMIT:
+            del seen[: len(seen) - self.SEEN_LIMIT]
+        return True
+
+    def pinned(self) -> Iterator[tuple[str, Pin]]:
+        return iter(sorted(self.state.pins.items()))

@@ -1,0 +1,367 @@
+"""The relay's durable store: SQLite through a one-connection adbapi pool, with group commit.
+
+All database work runs on the pool's single thread, so the reactor never waits on disk
+and SQLite sees one writer from this process. ``enqueue`` is the hot path: with
+``synchronous = full`` every commit costs an fsync, so instead of one transaction per
+``Send`` the store collects the calls that arrive while a transaction is in flight and
+writes them together in the next one (group commit). Each caller's Deferred fires only
+after the transaction holding its envelopes has committed: accepted means durable.
+
+The SQL itself lives in :mod:`securechat.server.store.queries` and the file format in
+:mod:`securechat.server.store.schema`, both shared with ``securechat-admin``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar, cast
+
+from twisted.enterprise import adbapi
+from twisted.internet import defer, threads
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from securechat.config import StoreSection
+from securechat.errors import StoreError
+from securechat.server.store import queries, schema
+from securechat.server.store.interface import (
+    IStore,
+    NewEnvelope,
+    PrekeyBundle,
+    QueuedEnvelope,
+    UserRecord,
+)
+from securechat.server.store.memory import _default_clock
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+_Waiter = tuple[list[NewEnvelope], "Deferred[list[QueuedEnvelope]]"]
+
+
+def _open_connection(conn: sqlite3.Connection, synchronous: str, busy_timeout: float) -> None:
+    """adbapi ``cp_openfun``: configure each new connection, closing it if that fails."""
+    try:
+        schema.configure(conn, synchronous, busy_timeout)
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        raise StoreError(f"not a usable securechat database ({e})") from None
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _as_store_error(failure: Failure) -> Failure:
+    """Turn a database-level exception into the ``StoreError`` the relay handles."""
+    if isinstance(failure.value, sqlite3.Error):
+        raise StoreError(f"database error: {failure.value}") from None
+    return failure
+
+
+@implementer(IStore)
+class SQLiteStore:
+    """:class:`IStore` on an SQLite file in WAL mode.
+
+    :param section: the ``[store]`` config (path, queue policy, synchronous, max_batch).
+        ``path`` may be ``":memory:"`` in tests: the pool keeps its one connection.
+    :param clock: source of ``created`` and ``accepted_at`` timestamps.
+    :param busy_timeout: seconds to wait for another process's write lock (the admin tool)
+        before an operation fails with ``StoreError``.
+    :param schema_files: where the schema scripts come from (tests substitute their own).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        section: StoreSection,
+        clock: IReactorTime | None = None,
+        *,
+        busy_timeout: float = schema.DEFAULT_BUSY_TIMEOUT,
+        schema_files: schema.SchemaFiles = schema.PACKAGED,
+    ) -> None:
+        self.queue_limit = section.queue_limit
+        self.queue_ttl = section.queue_ttl
+        self._path = str(section.path)
+        self._max_batch = section.max_batch
+        self._clock = clock if clock is not None else _default_clock()
+        self._schema_files = schema_files
+        self._pool = adbapi.ConnectionPool(  # type: ignore[no-untyped-call]
+            "sqlite3",
+            self._path,
+            timeout=busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            cp_min=1,
+            cp_max=1,
+            cp_noisy=False,
+            cp_openfun=partial(
+                _open_connection, synchronous=section.synchronous, busy_timeout=busy_timeout
+            ),
+        )
+        self._waiting: deque[_Waiter] = deque()
+        self._flushing = False
+        self._busy = 0
+        self._idle: list[Deferred[None]] = []
+        self._stopped = False
+        #: Committed enqueue transactions: with :attr:`envelopes_committed`, the batching
+        #: factor of the group commit (tests and ``bench/store.py`` read it).
+        self.transactions = 0
+        self.envelopes_committed = 0
+
+    # -- plumbing --------------------------------------------------------------
+    def run(
+        self,
+        fn: Callable[Concatenate[sqlite3.Connection, _P], _T],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> Deferred[_T]:
+        """Run ``fn(connection, ...)`` on the store's database thread.
+
+        Every store operation goes through here, so :meth:`stop` can wait for all of them,
+        and any ``sqlite3.Error`` (locked, disk full, I/O) reaches the caller as
+        ``StoreError``. Also useful for maintenance and tests that need the connection.
+        """
+        if self._stopped:
+            return defer.fail(StoreError("the store is stopped"))
+        self._busy += 1
+        d = cast(
+            "Deferred[_T]",
+            self._pool.runWithConnection(fn, *args, **kwargs),  # type: ignore[no-untyped-call]
+        )
+        d.addErrback(_as_store_error)
+        d.addBoth(self._done)
+        return d
+
+    def _done(self, result: _T) -> _T:
+        self._busy -= 1
+        self._maybe_idle()
+        return result
+
+    def _maybe_idle(self) -> None:
+        if self._busy == 0 and not self._waiting and not self._flushing:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> Deferred[None]:
+        """IStore API: create the file (0600, in a 0700 directory) or migrate it."""
+        if self._path == schema.MEMORY:
+            prepared: Deferred[bool] = defer.succeed(False)
+        else:
+            from twisted.internet import reactor
+
+            prepared = threads.deferToThreadPool(
+                reactor,  # type: ignore[arg-type]
+                self._pool.threadpool,
+                schema.prepare_file,
+                Path(self._path),
+                self._schema_files,
+            )
+
+        def migrate(_: bool) -> Deferred[None]:
+            d = self.run(schema.migrate, self._path, self._schema_files)
+            return d.addCallback(lambda old: self._log_opened(old))
+
+        return prepared.addCallback(migrate)
+
+    def _log_opened(self, old: int) -> None:
+        self.log.info(
+            "store {path} at schema version {version} (was {old})",
+            path=self._path,
+            version=self._schema_files.latest,
+            old=old,
+        )
+
+    def stop(self) -> Deferred[None]:
+        """IStore API: wait for queued and running operations, then close the pool."""
+        if self._busy or self._waiting or self._flushing:
+            idle: Deferred[None] = Deferred()
+            self._idle.append(idle)
+            return idle.addCallback(lambda _: self._close())
+        self._close()
+        return defer.succeed(None)
+
+    def _close(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self._pool.close()  # type: ignore[no-untyped-call]
+
+    # -- users -----------------------------------------------------------------
+    def add_user(
+        self, name: str, role: str, password_hash: str | None, identity_key: bytes | None
+    ) -> Deferred[UserRecord]:
+        """IStore API."""
+        now = self._clock.seconds()
+        return self.run(queries.add_user, name, role, password_hash, identity_key, now)
+
+    def get_user(self, name: str) -> Deferred[UserRecord | None]:
+        """IStore API."""
+        return self.run(queries.get_user, name)
+
+    def list_users(self) -> Deferred[list[UserRecord]]:
+        """IStore API."""
+        return self.run(queries.list_users)
+
+    def remove_user(self, name: str) -> Deferred[bool]:
+        """IStore API."""
+        return self.run(queries.remove_user, name)
+
+    def set_identity_key(self, name: str, identity_key: bytes) -> Deferred[None]:
+        """IStore API."""
+        return self.run(queries.set_identity_key, name, identity_key)
+
+    # -- prekeys ---------------------------------------------------------------
+    def publish_prekeys(
+        self,
+        user: str,
+        backend: str,
+        signed_prekey: bytes | None,
+        one_time_prekeys: list[tuple[int, bytes]],
+    ) -> Deferred[int]:
+        """IStore API."""
+        return self.run(
+            queries.publish_prekeys, user, backend, signed_prekey, list(one_time_prekeys)
+        )
+
+    def fetch_bundle(self, user: str, backend: str) -> Deferred[PrekeyBundle | None]:
+        """IStore API."""
+        return self.run(queries.fetch_bundle, user, backend)
+
+    def count_one_time_prekeys(self, user: str, backend: str) -> Deferred[int]:
+        """IStore API."""
+        return self.run(queries.count_one_time_prekeys, user, backend)
+
+    # -- contacts --------------------------------------------------------------
+    def request_contact(self, user: str, peer: str) -> Deferred[str]:
+        """IStore API."""
+        return self.run(queries.request_contact, user, peer)
+
+    def accept_contact(self, user: str, peer: str) -> Deferred[bool]:
+        """IStore API."""
+        return self.run(queries.accept_contact, user, peer)
+
+    def remove_contact(self, user: str, peer: str) -> Deferred[bool]:
+        """IStore API."""
+        return self.run(queries.remove_contact, user, peer)
+
+    def add_contact(self, a: str, b: str) -> Deferred[None]:
+        """IStore API."""
+        return self.run(queries.add_contact, a, b)
+
+    def list_contacts(self, user: str) -> Deferred[list[tuple[str, str]]]:
+        """IStore API."""
+        return self.run(queries.list_contacts, user)
+
+    def are_contacts(self, a: str, b: str) -> Deferred[bool]:
+        """IStore API."""
+        return self.run(queries.are_contacts, a, b)
+
+    # -- rooms -----------------------------------------------------------------
+    def join_room(self, room: str, user: str) -> Deferred[None]:
+        """IStore API."""
+        return self.run(queries.join_room, room, user, self._clock.seconds())
+
+    def leave_room(self, room: str, user: str) -> Deferred[bool]:
+        """IStore API."""
+        return self.run(queries.leave_room, room, user)
+
+    def room_members(self, room: str) -> Deferred[list[str]]:
+        """IStore API."""
+        return self.run(queries.room_members, room)
+
+    def user_rooms(self, user: str) -> Deferred[list[str]]:
+        """IStore API."""
+        return self.run(queries.user_rooms, user)
+
+    # -- offline queue ---------------------------------------------------------
+    def enqueue(self, envelopes: list[NewEnvelope]) -> Deferred[list[QueuedEnvelope]]:
+        """IStore API: joins the next group-commit transaction.
+
+        If no transaction is in flight one starts at once, so a lone sender pays one
+        commit of latency and no timer; under load, everything that arrived during a
+        commit goes into the next (at most ``max_batch`` envelopes, whole calls only).
+        """
+        if self._stopped:
+            return defer.fail(StoreError("the store is stopped"))
+        if not envelopes:
+            return defer.succeed([])
+        d: Deferred[list[QueuedEnvelope]] = Deferred()
+        self._waiting.append((list(envelopes), d))
+        if not self._flushing:
+            self._flush()
+        return d
+
+    def _flush(self) -> None:
+        """Start one transaction with as many waiting calls as fit in ``max_batch``."""
+        batch: list[_Waiter] = []
+        size = 0
+        while self._waiting and (not batch or size + len(self._waiting[0][0]) <= self._max_batch):
+            waiter = self._waiting.popleft()
+            batch.append(waiter)
+            size += len(waiter[0])
+        self._flushing = True
+        d = self.run(
+            queries.enqueue_batch,
+            [envelopes for envelopes, _ in batch],
+            self._clock.seconds(),
+            self.queue_limit,
+        )
+        d.addBoth(self._flushed, [waiter for _, waiter in batch], size)
+
+    def _flushed(
+        self,
+        result: list[list[QueuedEnvelope] | StoreError] | Failure,
+        waiters: list[Deferred[list[QueuedEnvelope]]],
+        size: int,
+    ) -> None:
+        """Fire each caller of a finished transaction, then start the next one.
+
+        Callers are fired while ``_flushing`` is still set, so envelopes they enqueue in
+        their callbacks wait for the next batch instead of each starting a transaction.
+        """
+        if isinstance(result, Failure):
+            self.log.warn(
+                "group commit of {calls} calls failed: {error}",
+                calls=len(waiters),
+                error=result.value,
+            )
+            for waiter in waiters:
+                waiter.errback(result.value)
+        else:
+            self.transactions += 1
+            for waiter, outcome in zip(waiters, result, strict=True):
+                if isinstance(outcome, StoreError):
+                    waiter.errback(outcome)
+                else:
+                    self.envelopes_committed += len(outcome)
+                    waiter.callback(outcome)
+        self._flushing = False
+        if self._waiting:
+            self._flush()
+        else:
+            self._maybe_idle()
+
+    def pending(self, recipient: str, after_seq: int, limit: int) -> Deferred[list[QueuedEnvelope]]:
+        """IStore API."""
+        return self.run(queries.pending, recipient, after_seq, limit)
+
+    def acknowledge(self, recipient: str, up_to_seq: int) -> Deferred[int]:
+        """IStore API."""
+        return self.run(queries.acknowledge, recipient, up_to_seq)
+
+    def queue_length(self, recipient: str) -> Deferred[int]:
+        """IStore API."""
+        return self.run(queries.queue_length, recipient)
+
+    def expire(self, now: float) -> Deferred[int]:
+        """IStore API: drops envelopes accepted more than ``queue_ttl`` seconds before ``now``."""
+        return self.run(queries.expire, now - self.queue_ttl)

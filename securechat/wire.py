@@ -2,12 +2,36 @@
 
 Frames are length-prefixed (4-byte big-endian) CBOR maps; see ``docs/protocol.md``.
 This is the only module that both ``securechat.server`` and ``securechat.client`` import.
+
+Every message type is one frozen dataclass registered under its ``type`` string; requests
+carry an ``id`` that their reply (or ``error``) echoes, pushes carry none. :func:`encode`
+and :func:`decode` convert between those classes and CBOR, and :func:`decode` is strict
+(see :mod:`securechat.wirecodec`), so the server can answer any malformed frame with a
+typed error instead of failing somewhere inside the relay.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import io
+import struct
+from typing import Any
+
+import cbor2
+
+from securechat.wirecodec import *  # noqa: F403  (re-export: limits, codes, items, ProtocolError)
+from securechat.wirecodec import (
+    E_BAD_FRAME,
+    E_BAD_REQUEST,
+    E_NOT_A_MAP,
+    E_UNKNOWN_TYPE,
+    MAX_ID,
+    ProtocolError,
+    _decode_fields,
+)
+from securechat.wiremessages import *  # noqa: F403  (re-export: every message class)
+from securechat.wiremessages import _DECODERS, _ENCODERS, Message
 
 PROTOCOL_VERSION = 1
 
@@ -15,7 +39,6 @@ PROTOCOL_VERSION = 1
 #: signature made on one TLS connection is worthless on any other.
 EXPORTER_LABEL = b"EXPORTER-securechat-login"
 EXPORTER_LENGTH = 32
-LOGIN_NONCE_BYTES = 32
 
 
 def login_signature_payload(user: str, nonce: bytes, exporter: bytes) -> bytes:
@@ -57,3 +80,65 @@ def pow_solve(challenge: bytes, user: str, bits: int) -> bytes:
 def constant_time_equal(a: bytes, b: bytes) -> bool:
     """Compare secrets without leaking where they differ."""
     return hmac.compare_digest(a, b)
+
+
+# -- codec -----------------------------------------------------------------------------------
+def _reject_tag(*_: object) -> Any:
+    raise cbor2.CBORDecodeError("CBOR tags are not used by this protocol")
+
+
+_REJECT_TAGS = {tag: _reject_tag for tag in (*range(0, 300), 55799)}
+_HEADER = struct.Struct(">I")
+
+
+def encode(msg: Message) -> bytes:
+    """The CBOR body of ``msg`` (without the length prefix the framing adds)."""
+    m: dict[str, Any] = {"type": msg.TYPE}
+    for name, enc in _ENCODERS[type(msg)]:
+        v = getattr(msg, name)
+        if v is not None:
+            m[name] = v if enc is None else enc(v)
+    return cbor2.dumps(m)
+
+
+def encode_frame(msg: Message) -> bytes:
+    """``msg`` with its 4-byte big-endian length prefix, as it travels on the wire."""
+    body = encode(msg)
+    return _HEADER.pack(len(body)) + body
+
+
+def decode(frame: bytes) -> Message:
+    """Parse one frame body strictly.
+
+    :raises ProtocolError: ``bad-frame`` when the bytes are not exactly one CBOR item
+        (the connection should then be closed), otherwise a code naming what is wrong,
+        with the request id when it could be read.
+    """
+    fp = io.BytesIO(frame)
+    try:
+        m = cbor2.CBORDecoder(
+            fp,
+            max_depth=8,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+            strict_hashable_types=True,
+            tag_hook=_reject_tag,
+            semantic_decoders=_REJECT_TAGS,
+        ).decode()
+    except (cbor2.CBORError, ValueError, TypeError, OverflowError, LookupError) as e:
+        raise ProtocolError(E_BAD_FRAME, f"frame is not valid CBOR ({type(e).__name__})") from None
+    if fp.tell() != len(frame):
+        raise ProtocolError(E_BAD_FRAME, "trailing bytes after the CBOR item")
+    if type(m) is not dict:
+        raise ProtocolError(E_NOT_A_MAP, "a frame must be a CBOR map")
+    rid = m.get("id")
+    if type(rid) is not int or not 0 <= rid <= MAX_ID:
+        rid = None
+    t = m.get("type")
+    if type(t) is not str:
+        raise ProtocolError(E_BAD_REQUEST, "field 'type' must be a text string", rid)
+    entry = _DECODERS.get(t)
+    if entry is None:
+        raise ProtocolError(E_UNKNOWN_TYPE, f"unknown message type {t[:64]!r}", rid)
+    cls, spec = entry
+    return cls(**_decode_fields(spec, m, rid, 1))

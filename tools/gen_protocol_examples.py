@@ -1,0 +1,142 @@
+"""Generate the example frames of ``docs/protocol.md`` from :mod:`securechat.wire`.
+
+Run ``python tools/gen_protocol_examples.py`` to print the example section; the
+documentation embeds its output between the ``<!-- examples:begin -->`` and
+``<!-- examples:end -->`` markers, and ``tests/server/test_wire.py`` checks that every
+frame there decodes to the message shown, so the document cannot drift from the code.
+Run with ``--write`` to update ``docs/protocol.md`` in place.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from securechat import wire
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+BEGIN = "<!-- examples:begin -->"
+END = "<!-- examples:end -->"
+MID = bytes(range(16))
+
+
+def examples() -> list[wire.Message]:
+    """One representative instance of every message type, in registration order."""
+    key = b"\x11" * 32
+    sample: list[wire.Message] = [
+        wire.Hello(id=1, version=wire.PROTOCOL_VERSION, agent="securechat-client/0.1"),
+        wire.Welcome(
+            id=1, version=1, server="securechat/0.1", backends=("ecdh", "dh", "rsa"),
+            default_backend="ecdh", auth_methods=("password", "publickey"),
+            registration=True, pow_bits=0, messaging="anyone", max_frame_bytes=1048576,
+            max_envelope_bytes=65536, max_batch=wire.MAX_BATCH, max_room_members=256,
+        ),
+        wire.Ping(id=2),
+        wire.Pong(id=2),
+        wire.Ok(id=3),
+        wire.Error(id=4, code="rate-limited", message="slow down", retry_after=0.5),
+        wire.Bye(code="replaced", message="logged in from another connection"),
+        wire.PowChallenge(id=5),
+        wire.PowChallengeReply(id=5, challenge=b"\x22" * 32, bits=8),
+        wire.Register(
+            id=6, user="alice", password="correct horse", identity_key=key,  # noqa: S106
+            pow_challenge=b"\x22" * 32, pow_solution=b"\0\0\0\0\0\0\0\x07",
+        ),
+        wire.Registered(id=6, user="alice"),
+        wire.LoginPassword(id=7, user="alice", password="correct horse"),  # noqa: S106
+        wire.LoginChallenge(id=8),
+        wire.LoginNonce(id=8, nonce=b"\x33" * 32),
+        wire.LoginPublicKey(id=9, user="alice", nonce=b"\x33" * 32, signature=b"\x44" * 64),
+        wire.LoginCertificate(id=10),
+        wire.LoggedIn(id=10, user="alice", role="user"),
+        wire.PublishPrekeys(
+            id=11, backend="ecdh", signed_prekey=b"\x55" * 40,
+            one_time=(wire.OneTimePrekey(1, b"\x66" * 32), wire.OneTimePrekey(2, b"\x67" * 32)),
+        ),
+        wire.PrekeysStored(id=11, backend="ecdh", one_time_count=2),
+        wire.PrekeysLow(backend="ecdh", remaining=3),
+        wire.FetchBundle(id=12, user="bob", backend="ecdh"),
+        wire.Bundle(
+            id=12, user="bob", backend="ecdh", identity_key=key, signed_prekey=b"\x55" * 40,
+            one_time_id=1, one_time_key=b"\x66" * 32,
+        ),
+        wire.Send(id=13, items=(wire.SendItem("bob", "ecdh", MID, b"ciphertext"),)),
+        wire.SendReply(
+            id=13,
+            results=(
+                wire.SendResult("delivered"),
+                wire.SendResult("error", "rate-limited", 0.25),
+            ),
+        ),
+        wire.Deliver(
+            items=(wire.DeliverItem(41, "alice", "ecdh", MID, 1700000000.5, b"ciphertext"),)
+        ),
+        wire.Ack(up_to=41),
+        wire.Presence(user="bob", online=True),
+        wire.Who(id=14),
+        wire.Online(id=14, users=("bob", "carol")),
+        wire.ContactRequest(id=15, user="bob"),
+        wire.ContactAccept(id=16, user="carol"),
+        wire.ContactRemove(id=17, user="dave"),
+        wire.ContactState(id=15, user="bob", state="pending-out"),
+        wire.ContactUpdate(user="alice", state="pending-in"),
+        wire.ContactList(id=18),
+        wire.Contacts(id=18, contacts=(wire.Contact("bob", "accepted"),)),
+        wire.RoomJoin(id=19, room="ops"),
+        wire.RoomLeave(id=20, room="ops"),
+        wire.RoomMembers(id=21, room="ops"),
+        wire.Room(id=19, room="ops", members=("alice", "bob")),
+        wire.RoomUpdate(room="ops", user="carol", joined=True),
+        wire.AdminList(id=22),
+        wire.AdminUsers(id=22, users=(wire.UserInfo("alice", "admin", True),)),
+        wire.AdminAddUser(id=23, user="erin", role="user", password="initial secret"),  # noqa: S106
+        wire.AdminRemoveUser(id=24, user="erin"),
+        wire.AdminKick(id=25, user="mallory"),
+    ]  # fmt: skip
+    return sample
+
+
+def render() -> str:
+    """The markdown section: each example as its fields and its frame in hex."""
+    out = [BEGIN, ""]
+    for msg in examples():
+        frame = wire.encode_frame(msg)
+        out.append(f"#### `{msg.TYPE}`")
+        out.append("")
+        out.append("```")
+        out.append(repr(msg))
+        out.append("```")
+        out.append("")
+        out.append("```hex")
+        hexed = frame.hex()
+        out.extend(hexed[i : i + 96] for i in range(0, len(hexed), 96))
+        out.append("```")
+        out.append("")
+    out.append(END)
+    return "\n".join(out)
+
+
+def extract(text: str) -> list[bytes]:
+    """The hex frames of the example section of a rendered document, in order."""
+    section = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    frames = []
+    for block in section.split("```hex\n")[1:]:
+        frames.append(bytes.fromhex(block.split("```", 1)[0].replace("\n", "")))
+    return frames
+
+
+def main(argv: list[str]) -> int:
+    """Print the section, or with ``--write`` replace it in ``docs/protocol.md``."""
+    section = render()
+    if "--write" in argv:
+        text = DOC.read_text(encoding="utf-8")
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        DOC.write_text(head + section + tail, encoding="utf-8")
+    else:
+        sys.stdout.write(section + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -479,3 +479,21 @@ def test_admin_writes_while_server_runs(sqlite_store: SQLiteStore, tmp_path: Pat
         conn.close()
     assert (yield sqlite_store.get_user("dave")).created == 5.0
     assert (yield sqlite_store.are_contacts("alice", "dave")) is True
+
+
+@pytest.mark.parametrize(("mode", "level"), [("full", 2), ("normal", 1)])
+@pytest_twisted.inlineCallbacks
+def test_connection_settings(tmp_path: Path, clock: Clock, mode: str, level: int) -> Any:
+    """The pool's connection runs in WAL with foreign keys and the configured sync level."""
+    s = SQLiteStore(section(tmp_path, synchronous=mode), clock, busy_timeout=1.5)
+    yield s.start()
+    try:
+        settings = yield s.run(
+            lambda c: [
+                c.execute(f"PRAGMA {name}").fetchone()[0]
+                for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+            ]
+        )
+    finally:
+        yield s.stop()
+    assert settings == ["wal", level, 1, 1500]

@@ -69,19 +69,28 @@ PACKAGED = SchemaFiles(_read_packaged, _latest_packaged())
 def configure(conn: sqlite3.Connection, synchronous: str, busy_timeout: float) -> None:
     """Per-connection settings every securechat connection needs.
 
-    WAL lets the admin tool write while the server reads and writes, ``busy_timeout``
-    makes either side wait for the other's short transaction instead of failing at once,
-    and ``synchronous`` decides whether each commit is fsynced (``full``: accepted
-    envelopes survive power loss) or only the WAL checkpoints are (``normal``).
+    ``busy_timeout`` makes the server and the admin tool wait for each other's short
+    transactions instead of failing at once, and ``synchronous`` decides whether each
+    commit is fsynced (``full``: accepted envelopes survive power loss) or only the WAL
+    checkpoints are (``normal``). WAL itself is switched on by :func:`migrate`, once the
+    file is known to be ours: it is a persistent change to the file.
     """
     if synchronous not in _SYNCHRONOUS:
         raise StoreError(f"unknown synchronous mode {synchronous!r}")
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     conn.execute("PRAGMA foreign_keys = ON")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if mode.lower() not in ("wal", "memory"):
-        raise StoreError(f"cannot switch the database to WAL mode (got {mode})")
     conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[synchronous]}")
+
+
+def enable_wal(conn: sqlite3.Connection, shown: str = MEMORY) -> None:
+    """Put the file in WAL mode, which lets readers and one writer work at the same time
+    (the admin tool writes while the server runs). Persistent; a no-op once done."""
+    try:
+        mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+    except sqlite3.Error as e:
+        raise StoreError(f"{shown}: cannot switch to WAL mode ({e})") from None
+    if mode not in ("wal", "memory"):
+        raise StoreError(f"{shown}: cannot switch to WAL mode (got {mode})")
 
 
 def connect(
@@ -148,13 +157,15 @@ def create_schema(conn: sqlite3.Connection, files: SchemaFiles = PACKAGED) -> No
 def migrate(conn: sqlite3.Connection, shown: str = MEMORY, files: SchemaFiles = PACKAGED) -> int:
     """Create or upgrade the schema of ``conn`` to ``files.latest``; return the old version.
 
-    An empty database counts as version 0. A file on disk is backed up before the first
-    upgrade step (``:memory:`` has nothing worth keeping).
+    An empty database counts as version 0. Nothing in the file changes (not even the
+    journal mode) until it is known to be a securechat database. A file on disk is backed
+    up before the first upgrade step (``:memory:`` has nothing worth keeping).
 
     :raises StoreError: for a foreign or damaged file, a version newer than this code, a
         missing upgrade script, or a failing upgrade (which leaves the file untouched).
     """
     version = read_version(conn, shown)
+    enable_wal(conn, shown)
     if version is None:
         try:
             create_schema(conn, files)

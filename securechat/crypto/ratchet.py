@@ -22,15 +22,13 @@ budget: at a turn after :data:`ROTATE_MESSAGES` messages sent with the current k
 private key lets an attacker who also holds the root key follow the turns encapsulated to it:
 post-compromise security is delayed to the next rotation (``docs/security.md``).
 
-Chain identity: every header repeats the ratchet public key *and* the encapsulation that opened
-its chain, because any message of a chain may be the first one to arrive. A chain is named by
-a 16-byte SHA-256 digest of both.
+Every header repeats the ratchet public key *and* the encapsulation that opened its chain
+(any message may be the first to arrive); a chain is named by a 16-byte digest of both.
 
-Bounds (Double Ratchet section 4, with the values recommended in ``security-notes.md``): at
-most :data:`MAX_SKIP` skipped keys per chain step, at most :data:`MAX_STORED` stored keys
-(oldest evicted first), keys of at most :data:`MAX_CHAINS` chains; a message key is deleted when
-used. :meth:`Ratchet.decrypt_step` changes nothing: it returns a :class:`Pending` that the
-caller commits only after the AEAD accepted the message (section 3.5: roll back on failure).
+Bounds (Double Ratchet section 4; values from ``security-notes.md``): :data:`MAX_SKIP` skipped
+keys per chain, :data:`MAX_STORED` stored keys (oldest evicted), :data:`MAX_CHAINS` chains; a
+used key is deleted. :meth:`Ratchet.decrypt_step` changes nothing: its :class:`Pending` is
+committed only after the AEAD accepted the message (section 3.5: roll back on failure).
 """
 
 from __future__ import annotations
@@ -339,12 +337,8 @@ class Ratchet:
             "sent": self.sent_with_keypair,
             "peer": self.peer_pub,
             "turn": self.need_turn,
-            "send": None
-            if send is None
-            else [send.ratchet_pub, send.kem_ct, send.chain_key, send.n, send.pn],
-            "recv": None
-            if recv is None
-            else [recv.ratchet_pub, recv.kem_ct, recv.chain_key, recv.n],
+            "send": send and [send.ratchet_pub, send.kem_ct, send.chain_key, send.n, send.pn],
+            "recv": recv and [recv.ratchet_pub, recv.kem_ct, recv.chain_key, recv.n],
             "skip": [[cid, [[n, k] for n, k in ks.items()]] for cid, ks in self.skipped.items()],
             "ret": list(self.retired),
         }

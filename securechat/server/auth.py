@@ -1,0 +1,540 @@
+# ruff: noqa: N818 - exception names follow securechat.errors (UserExists, QueueFull)
+# -*- test-case-name: tests.server.test_auth -*-
+"""Authentication for the relay: ``twisted.cred`` checkers, the realm, registration rules.
+
+Three login methods, enabled by ``[auth] methods`` (``twisted-style`` section 1, pluggable
+authentication: one checker per credential interface, all behind one :class:`Portal`):
+
+- ``password``: :class:`IUsernamePassword` against the stored Argon2id/scrypt hash
+  (:mod:`securechat.server.passwords`), computed on a thread, never on the reactor.
+- ``publickey``: an Ed25519 signature (RFC 8032) by the user's identity key over
+  :func:`securechat.wire.login_signature_payload` of a server nonce and the TLS exporter
+  value of this connection (RFC 8446 section 7.5, as channel binding in RFC 9266), so a
+  signature is good for one challenge on one connection only.
+- ``certificate``: the CN of a client certificate that TLS already verified against the
+  server's CA (``security-notes`` 2.8).
+
+Failures are indistinguishable: an unknown user, a wrong password, a user without a
+password, a bad signature all raise the same :class:`BadCredentials`, after the same work
+(a dummy hash, a dummy signature check). The protocol calls :class:`AuthService`, which
+adds login throttling (:mod:`securechat.server.ratelimit`) before any expensive work.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ICredentials, IUsernamePassword, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
+
+from securechat import wire
+from securechat.config import ServerConfig
+from securechat.errors import SecureChatError, UserExists
+from securechat.server.passwords import (
+    DEFAULT_PARAMS,
+    HashParams,
+    ThreadRunner,
+    UnsupportedHash,
+    dummy_hash,
+    hash_password,
+    verify_password,
+)
+from securechat.server.ratelimit import LoginThrottle
+from securechat.server.store.interface import ROLE_USER, IStore, UserRecord
+
+#: User names: lower case, so two accounts never differ only by case; no ``#``, which
+#: starts room names, and no ``@``/space, so names are safe in commands and logs.
+USERNAME_RE = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,31}", re.ASCII)
+#: Room names: ``#`` followed by the same characters as a user name.
+ROOM_RE = re.compile(r"#[a-z0-9_][a-z0-9_.-]{0,31}", re.ASCII)
+MIN_PASSWORD_CHARS = 8  # NIST SP 800-63B section 5.1.1.2: at least 8 characters
+MAX_PASSWORD_CHARS = 1024  # bounds the hashing input; long passphrases still fit
+IDENTITY_KEY_BYTES = 32  # raw Ed25519 public key, RFC 8032 section 5.1.5
+POW_CHALLENGE_MIN_BYTES = 16
+POW_SOLUTION_MAX_BYTES = 64
+#: Used publickey nonces remembered to refuse replays (32 bytes each).
+NONCE_CACHE_SIZE = 65_536
+#: Extra delay before a failed login is answered: uniform failure timing, slower guessing.
+DEFAULT_FAILURE_DELAY = 0.25
+
+
+class AuthError(SecureChatError):
+    """The server refused the request."""
+
+    code = "auth-error"
+
+
+class BadCredentials(AuthError, UnauthorizedLogin):
+    """Unknown user or wrong credentials."""
+
+    code = "bad-credentials"
+
+
+class MethodNotAllowed(AuthError):
+    """This login method is not enabled on this server."""
+
+    code = "method-not-allowed"
+
+
+class Throttled(AuthError):
+    """Too many failed logins; try again later."""
+
+    code = "throttled"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+
+
+class RegistrationError(AuthError):
+    """Registration was refused."""
+
+    code = "registration-refused"
+
+
+class RegistrationClosed(RegistrationError):
+    """This server does not accept new registrations."""
+
+    code = "registration-closed"
+
+
+class InvalidUsername(RegistrationError):
+    """User names are 1 to 32 characters: lower-case letters, digits, '_', '.', '-'."""
+
+    code = "invalid-username"
+
+
+class WeakPassword(RegistrationError):
+    """Passwords must have 8 to 1024 characters and differ from the user name."""
+
+    code = "weak-password"
+
+
+class InvalidIdentityKey(RegistrationError):
+    """The identity key must be a 32-byte Ed25519 public key."""
+
+    code = "invalid-identity-key"
+
+
+class NoUsableCredential(RegistrationError):
+    """Give a password or an identity key for a login method this server enables."""
+
+    code = "no-usable-credential"
+
+
+class BadProofOfWork(RegistrationError):
+    """The proof of work is missing or wrong."""
+
+    code = "bad-proof-of-work"
+
+
+class NameTaken(RegistrationError):
+    """That user name is taken."""
+
+    code = "name-taken"
+
+
+class IAccount(Interface):
+    """The avatar of a logged-in user: who they are and what they may do."""
+
+    name = Attribute("The user name (str).")
+    role = Attribute("'admin' or 'user'.")
+
+
+@implementer(IAccount)
+@dataclass(frozen=True)
+class Account:
+    """A logged-in user (IAccount)."""
+
+    name: str
+    role: str
+
+
+class IPublicKeyLogin(ICredentials):
+    """A signature answering a login challenge, bound to one TLS connection."""
+
+    username = Attribute("The user name (str).")
+    nonce = Attribute("The challenge the server issued on this connection (bytes).")
+    exporter = Attribute("The TLS exporter value of this connection, server side (bytes).")
+    signature = Attribute("Ed25519 signature over wire.login_signature_payload (bytes).")
+
+
+class ICertificateLogin(ICredentials):
+    """A client certificate that TLS verified; only its CN is needed."""
+
+    common_name = Attribute("The subject CN of the verified certificate (str).")
+
+
+@implementer(IPublicKeyLogin)
+@dataclass(frozen=True)
+class PublicKeyCredentials:
+    """IPublicKeyLogin. ``nonce`` and ``exporter`` must come from the server's own state."""
+
+    username: str
+    nonce: bytes
+    exporter: bytes
+    signature: bytes
+
+
+@implementer(ICertificateLogin)
+@dataclass(frozen=True)
+class CertificateCredentials:
+    """ICertificateLogin. ``common_name`` must come from a certificate TLS verified."""
+
+    common_name: str
+
+
+def valid_username(name: str) -> bool:
+    """True if ``name`` is a well-formed user name (:data:`USERNAME_RE`)."""
+    return USERNAME_RE.fullmatch(name) is not None
+
+
+def valid_room_name(name: str) -> bool:
+    """True if ``name`` is a well-formed room name (:data:`ROOM_RE`)."""
+    return ROOM_RE.fullmatch(name) is not None
+
+
+class NonceCache:
+    """Recently used login nonces, bounded (oldest forgotten first).
+
+    The protocol already keeps one nonce per connection; this second, global line of
+    defence makes a replayed challenge fail even if a protocol bug reused one.
+    """
+
+    def __init__(self, max_entries: int = NONCE_CACHE_SIZE) -> None:
+        self.max_entries = max_entries
+        self._seen: dict[bytes, None] = {}
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def consume(self, nonce: bytes) -> bool:
+        """Mark ``nonce`` used; False if it already was."""
+        if nonce in self._seen:
+            return False
+        if len(self._seen) >= self.max_entries:
+            del self._seen[next(iter(self._seen))]
+        self._seen[nonce] = None
+        return True
+
+
+@implementer(ICredentialsChecker)
+class PasswordChecker:
+    """ICredentialsChecker for IUsernamePassword against the stored password hash."""
+
+    credentialInterfaces = (IUsernamePassword,)
+    log = Logger()
+
+    def __init__(self, store: IStore, run_in_thread: ThreadRunner, dummy: str) -> None:
+        self._store = store
+        self._run = run_in_thread
+        self._dummy = dummy
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
+        """ICredentialsChecker API."""
+        return Deferred.fromCoroutine(self._check(credentials))
+
+    async def _check(self, credentials: IUsernamePassword) -> bytes | tuple[()]:
+        name = credentials.username.decode("utf-8", "surrogatepass")
+        password = credentials.password.decode("utf-8", "surrogatepass")
+        record = await self._store.get_user(name)
+        stored = record.password_hash if record is not None else None
+        # Always one full verification, so an unknown user costs as much as a known one.
+        try:
+            ok = await self._run(verify_password, stored or self._dummy, password)
+        except UnsupportedHash:
+            self.log.warn("password hash of {user} is malformed or out of bounds", user=name)
+            raise BadCredentials() from None
+        if not (ok and stored):
+            raise BadCredentials()
+        return name.encode("utf-8")
+
+
+@implementer(ICredentialsChecker)
+class PublicKeyChecker:
+    """ICredentialsChecker for IPublicKeyLogin: Ed25519 over nonce and TLS exporter."""
+
+    credentialInterfaces = (IPublicKeyLogin,)
+
+    def __init__(self, store: IStore, nonces: NonceCache | None = None) -> None:
+        self._store = store
+        self._nonces = nonces if nonces is not None else NonceCache()
+        self._dummy_key = Ed25519PrivateKey.generate().public_key()
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
+        """ICredentialsChecker API."""
+        return Deferred.fromCoroutine(self._check(credentials))
+
+    async def _check(self, c: IPublicKeyLogin) -> bytes | tuple[()]:
+        # Consumed before anything else: one challenge gets one attempt, right or wrong.
+        fresh = self._nonces.consume(c.nonce)
+        shaped = (
+            len(c.nonce) == wire.LOGIN_NONCE_BYTES
+            and len(c.exporter) == wire.EXPORTER_LENGTH
+            and len(c.signature) == 64
+        )
+        record = await self._store.get_user(c.username)
+        key = self._dummy_key
+        if record is not None and record.identity_key is not None:
+            try:
+                key = Ed25519PublicKey.from_public_bytes(record.identity_key)
+            except ValueError:
+                record = None
+        payload = wire.login_signature_payload(c.username, c.nonce, c.exporter)
+        try:
+            key.verify(c.signature, payload)
+            good = True
+        except InvalidSignature:
+            good = False
+        if not (good and fresh and shaped and record is not None and record.identity_key):
+            raise BadCredentials()
+        return record.name.encode("utf-8")
+
+
+@implementer(ICredentialsChecker)
+class CertificateChecker:
+    """ICredentialsChecker for ICertificateLogin: the verified CN names an existing user."""
+
+    credentialInterfaces = (ICertificateLogin,)
+
+    def __init__(self, store: IStore) -> None:
+        self._store = store
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
+        """ICredentialsChecker API."""
+        return Deferred.fromCoroutine(self._check(credentials))
+
+    async def _check(self, c: ICertificateLogin) -> bytes | tuple[()]:
+        name: str = c.common_name
+        record = await self._store.get_user(name) if valid_username(name) else None
+        if record is None:
+            raise BadCredentials()
+        return record.name.encode("utf-8")
+
+
+#: ``[auth] methods`` name -> checker factory ``(store, run_in_thread, dummy_hash)``.
+CHECKER_FACTORIES: dict[str, Callable[[IStore, ThreadRunner, str], ICredentialsChecker]] = {
+    "password": lambda store, run, dummy: PasswordChecker(store, run, dummy),
+    "publickey": lambda store, run, dummy: PublicKeyChecker(store),
+    "certificate": lambda store, run, dummy: CertificateChecker(store),
+}
+
+
+@implementer(IRealm)
+class AccountRealm:
+    """IRealm giving an :class:`Account` with the user's current role from the store.
+
+    :param on_logout: called with the account when the session's logout runs.
+    """
+
+    def __init__(self, store: IStore, on_logout: Callable[[Account], None] | None = None) -> None:
+        self._store = store
+        self._on_logout = on_logout
+
+    def requestAvatar(
+        self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any
+    ) -> Deferred[tuple[Any, object, Callable[[], None]]]:
+        """IRealm API."""
+        if IAccount not in interfaces or not isinstance(avatarId, bytes):
+            raise NotImplementedError("AccountRealm only provides IAccount")
+        return Deferred.fromCoroutine(self._avatar(avatarId.decode("utf-8")))
+
+    async def _avatar(self, name: str) -> tuple[Any, object, Callable[[], None]]:
+        record = await self._store.get_user(name)
+        if record is None:  # removed between the check and now
+            raise BadCredentials()
+        account = Account(record.name, record.role)
+        hook = self._on_logout
+
+        def logout() -> None:
+            if hook is not None:
+                hook(account)
+
+        return IAccount, account, logout
+
+
+def make_portal(
+    config: ServerConfig,
+    store: IStore,
+    run_in_thread: ThreadRunner = deferToThread,
+    *,
+    params: HashParams = DEFAULT_PARAMS,
+) -> Portal:
+    """A :class:`Portal` with one checker per method in ``[auth] methods``.
+
+    :param params: cost of the dummy hash that unknown users are checked against; it
+        should equal the cost of real hashes so both take the same time.
+    """
+    dummy = dummy_hash(config.auth.password_hash, params)
+    checkers = [CHECKER_FACTORIES[m](store, run_in_thread, dummy) for m in config.auth.methods]
+    return Portal(AccountRealm(store), checkers)
+
+
+def _check_registration(
+    cfg: ServerConfig,
+    name: str,
+    password: str | None,
+    identity_key: bytes | None,
+    pow_challenge: bytes,
+    pow_solution: bytes,
+) -> None:
+    """The cheap registration rules, in the order a user would want to hear about them."""
+    auth = cfg.auth
+    if not auth.registration:
+        raise RegistrationClosed()
+    if not valid_username(name):
+        raise InvalidUsername()
+    if password is not None and (
+        not MIN_PASSWORD_CHARS <= len(password) <= MAX_PASSWORD_CHARS
+        or password.casefold() == name.casefold()
+    ):
+        raise WeakPassword()
+    if identity_key is not None:
+        try:
+            if len(identity_key) != IDENTITY_KEY_BYTES:
+                raise ValueError("length")
+            Ed25519PublicKey.from_public_bytes(identity_key)
+        except ValueError:
+            raise InvalidIdentityKey() from None
+    # A certificate is issued by the operator, out of band: it never makes a
+    # self-registered account usable, or anyone could squat names for certificate users.
+    usable = (password is not None and "password" in auth.methods) or (
+        identity_key is not None and "publickey" in auth.methods
+    )
+    if not usable:
+        raise NoUsableCredential()
+    if auth.registration_pow_bits > 0 and (
+        len(pow_challenge) < POW_CHALLENGE_MIN_BYTES
+        or len(pow_solution) > POW_SOLUTION_MAX_BYTES
+        or not wire.pow_valid(pow_challenge, name, pow_solution, auth.registration_pow_bits)
+    ):
+        raise BadProofOfWork()
+
+
+async def _register(
+    store: IStore,
+    cfg: ServerConfig,
+    name: str,
+    password: str | None,
+    identity_key: bytes | None,
+    run_in_thread: ThreadRunner,
+    params: HashParams,
+) -> UserRecord:
+    # Checked before hashing so that a taken name costs no hash; add_user re-checks.
+    if await store.get_user(name) is not None:
+        raise NameTaken()
+    stored = None
+    if password is not None:
+        stored = await run_in_thread(hash_password, password, cfg.auth.password_hash, params)
+    # The identity key is also the user's end-to-end identity in the key directory, so it
+    # is kept even when public-key login is not enabled.
+    try:
+        return await store.add_user(name, ROLE_USER, stored, identity_key)
+    except UserExists:
+        raise NameTaken() from None
+
+
+def register_user(
+    store: IStore,
+    cfg: ServerConfig,
+    name: str,
+    password: str | None,
+    identity_key: bytes | None,
+    pow_challenge: bytes,
+    pow_solution: bytes,
+    run_in_thread: ThreadRunner = deferToThread,
+    *,
+    params: HashParams = DEFAULT_PARAMS,
+) -> Deferred[UserRecord]:
+    """Create a self-registered account with role ``user``.
+
+    ``pow_challenge`` must be fresh random bytes the server issued on this connection
+    (at least 16), so that solutions cannot be computed in advance.
+
+    :returns: a Deferred firing with the new record, or failing with a
+        :class:`RegistrationError` subclass (each has a stable ``code``).
+    """
+    try:
+        _check_registration(cfg, name, password, identity_key, pow_challenge, pow_solution)
+    except RegistrationError as e:
+        return fail(e)
+    return Deferred.fromCoroutine(
+        _register(store, cfg, name, password, identity_key, run_in_thread, params)
+    )
+
+
+class AuthService:
+    """What the protocol calls to log a connection in: method check, throttle, portal.
+
+    :param portal: from :func:`make_portal`; its checkers say which methods are enabled.
+    :param throttle: failed-login buckets, consulted before any expensive work.
+    :param clock: schedules the :data:`DEFAULT_FAILURE_DELAY` before a failure is answered.
+    """
+
+    def __init__(
+        self,
+        portal: Portal,
+        throttle: LoginThrottle,
+        clock: IReactorTime,
+        failure_delay: float = DEFAULT_FAILURE_DELAY,
+    ) -> None:
+        self._portal = portal
+        self._throttle = throttle
+        self._clock = clock
+        self._failure_delay = failure_delay
+
+    def login_password(self, user: str, password: str, address: str) -> Deferred[Account]:
+        """Log in with a password; ``address`` is the peer host, for throttling."""
+        creds = UsernamePassword(
+            user.encode("utf-8", "surrogatepass"), password.encode("utf-8", "surrogatepass")
+        )
+        return Deferred.fromCoroutine(self._login(creds, IUsernamePassword, user, address))
+
+    def login_publickey(
+        self, user: str, nonce: bytes, exporter: bytes, signature: bytes, address: str
+    ) -> Deferred[Account]:
+        """Log in with a signature; ``nonce`` and ``exporter`` from this connection's state."""
+        creds = PublicKeyCredentials(user, nonce, exporter, signature)
+        return Deferred.fromCoroutine(self._login(creds, IPublicKeyLogin, user, address))
+
+    def login_certificate(self, cn: str, address: str) -> Deferred[Account]:
+        """Log in as the CN of the client certificate TLS verified on this connection."""
+        creds = CertificateCredentials(cn)
+        return Deferred.fromCoroutine(self._login(creds, ICertificateLogin, cn, address))
+
+    async def _login(
+        self, creds: ICredentials, interface: type[Interface], account: str, address: str
+    ) -> Account:
+        if interface not in self._portal.checkers:
+            raise MethodNotAllowed()
+        wait = self._throttle.check(account, address)
+        if wait > 0:
+            raise Throttled(wait)
+        try:
+            _, avatar, _ = await self._portal.login(creds, None, IAccount)
+        except UnauthorizedLogin:
+            self._throttle.failed(account, address)
+            if self._failure_delay > 0:
+                await deferLater(self._clock, self._failure_delay)
+            raise BadCredentials() from None
+        except Exception:
+            # Not the user's fault (the store failed, say): the attempt costs nothing.
+            self._throttle.release(account, address)
+            raise
+        self._throttle.succeeded(account, address)
+        if not isinstance(avatar, Account):
+            raise TypeError("the realm returned something other than an Account")
+        return avatar

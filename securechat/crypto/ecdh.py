@@ -109,9 +109,8 @@ class _DhKem(ABC):
         """Ephemeral-static DH to ``public``; the ephemeral public key is ``enc``."""
         ephemeral = self.generate_keypair()
         dh_output = self.exchange(ephemeral.private, public)
-        return dhkem_shared_secret(self.suite_id, dh_output, ephemeral.public, public), (
-            ephemeral.public
-        )
+        enc = ephemeral.public
+        return dhkem_shared_secret(self.suite_id, dh_output, enc, public), enc
 
     def decapsulate(self, private: bytes, enc: bytes) -> bytes:
         """Recompute the secret from our static private key and the sender's ephemeral ``enc``."""

@@ -58,6 +58,10 @@ def _open_connection(conn: sqlite3.Connection, synchronous: str, busy_timeout: f
         raise
 
 
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+
 def _as_store_error(failure: Failure) -> Failure:
     """Turn a database-level exception into the ``StoreError`` the relay handles."""
     if isinstance(failure.value, sqlite3.Error):
@@ -111,6 +115,7 @@ class SQLiteStore:
         self._busy = 0
         self._idle: list[Deferred[None]] = []
         self._stopped = False
+        self._opened = False
         #: Committed enqueue transactions: with :attr:`envelopes_committed`, the batching
         #: factor of the group commit (tests and ``bench/store.py`` read it).
         self.transactions = 0
@@ -169,11 +174,12 @@ class SQLiteStore:
 
         def migrate(_: bool) -> Deferred[None]:
             d = self.run(schema.migrate, self._path, self._schema_files)
-            return d.addCallback(lambda old: self._log_opened(old))
+            return d.addCallback(self._log_opened)
 
         return prepared.addCallback(migrate)
 
     def _log_opened(self, old: int) -> None:
+        self._opened = True
         self.log.info(
             "store {path} at schema version {version} (was {old})",
             path=self._path,
@@ -182,17 +188,29 @@ class SQLiteStore:
         )
 
     def stop(self) -> Deferred[None]:
-        """IStore API: wait for queued and running operations, then close the pool."""
+        """IStore API: wait for queued and running operations, then close the pool.
+
+        The WAL is checkpointed on the pool thread first: closing the last connection
+        otherwise does that disk work on the reactor thread, where adbapi closes it.
+        """
+        idle: Deferred[None] = Deferred()
         if self._busy or self._waiting or self._flushing:
-            idle: Deferred[None] = Deferred()
             self._idle.append(idle)
-            return idle.addCallback(lambda _: self._close())
-        self._close()
-        return defer.succeed(None)
+        else:
+            idle.callback(None)
+        if self._opened and self._path != schema.MEMORY:
+            idle.addCallback(lambda _: self.run(_checkpoint))
+            idle.addErrback(self._checkpoint_failed)
+        return idle.addCallback(lambda _: self._close())
+
+    def _checkpoint_failed(self, failure: Failure) -> None:
+        # Nothing is lost: SQLite replays the WAL on the next open.
+        self.log.warn("could not checkpoint {path}: {error}", path=self._path, error=failure.value)
 
     def _close(self) -> None:
         if not self._stopped:
             self._stopped = True
+            self._opened = False
             self._pool.close()  # type: ignore[no-untyped-call]
 
     # -- users -----------------------------------------------------------------

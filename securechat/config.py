@@ -8,6 +8,9 @@ behaves the same whatever directory it is started from.
 
 from __future__ import annotations
 
+import ipaddress
+import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -69,7 +72,7 @@ class AuthSection:
     methods: tuple[str, ...] = ("password", "publickey")
     registration: bool = True
     registration_pow_bits: int = 0
-    password_hash: str = "argon2id"
+    password_hash: str = "argon2id"  # noqa: S105 - a hash scheme name, not a secret
     account_burst: int = 5
     account_rate: float = 0.2
     address_burst: int = 20
@@ -188,6 +191,8 @@ def _coerce(value: Any, default: Any, where: str, base: Path, shown: str) -> Any
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(shown, where, "must be a number")
+        if not math.isfinite(value):
+            raise ConfigError(shown, where, "must be a finite number")
         if value < 0:
             raise ConfigError(shown, where, "must not be negative")
         return float(value)
@@ -206,6 +211,20 @@ def _coerce(value: Any, default: Any, where: str, base: Path, shown: str) -> Any
     raise ConfigError(shown, where, "unsupported value")  # pragma: no cover
 
 
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*"
+)
+
+
+def _valid_hostname(host: str) -> bool:
+    """An IP address or an ASCII DNS name: what a certificate's SAN can hold."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return _DNS_NAME.fullmatch(host) is not None
+    return True
+
+
 def _one_of(shown: str, where: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(shown, where, f"{value!r} is not one of {', '.join(allowed)}")
@@ -217,14 +236,19 @@ def _check(cfg: ServerConfig, shown: str) -> None:
         raise ConfigError(shown, "[server] port", "must be between 0 and 65535")
     if not 1024 <= cfg.server.max_frame_bytes <= 64 << 20:
         raise ConfigError(shown, "[server] max_frame_bytes", "must be between 1024 and 64 MiB")
-    if cfg.server.handshake_timeout <= 0 or cfg.server.idle_timeout <= 0:
-        raise ConfigError(shown, "[server] handshake_timeout", "timeouts must be positive")
+    for key in ("handshake_timeout", "idle_timeout"):
+        if getattr(cfg.server, key) <= 0:
+            raise ConfigError(shown, f"[server] {key}", "must be positive")
     _one_of(shown, "[tls] min_version", cfg.tls.min_version, TLS_VERSIONS)
     if not cfg.tls.hostnames:
         raise ConfigError(shown, "[tls] hostnames", "must name at least one host")
+    for host in cfg.tls.hostnames:
+        if not _valid_hostname(host):
+            raise ConfigError(shown, "[tls] hostnames", f"{host!r} is not a host name or IP")
     _one_of(shown, "[store] synchronous", cfg.store.synchronous, SYNCHRONOUS_MODES)
-    if cfg.store.queue_limit < 1 or cfg.store.max_batch < 1:
-        raise ConfigError(shown, "[store] queue_limit", "limits must be at least 1")
+    for key in ("queue_limit", "max_batch"):
+        if getattr(cfg.store, key) < 1:
+            raise ConfigError(shown, f"[store] {key}", "must be at least 1")
     if not cfg.auth.methods:
         raise ConfigError(shown, "[auth] methods", "must name at least one method")
     for m in cfg.auth.methods:

@@ -1,0 +1,162 @@
+"""``twistd -n securechat --config FILE``: command-line options and service wiring only.
+
+twistd has no API for an exit status, so a failure while services start (before the reactor
+runs) raises ``SystemExit`` with one line, and a later one (the store opens on a thread) logs
+one line, stops the reactor and exits with 1 after twistd's own cleanup.
+"""
+
+import atexit
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, cast
+
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.service import MultiService
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from securechat.config import ServerConfig, load_config
+from securechat.errors import ConfigError
+from securechat.server.store.interface import IStore
+from securechat.tls import ensure_tls_material, server_tls_options
+
+#: Seconds between sweeps for envelopes past ``[store] queue_ttl`` (TTLs are days long).
+EXPIRE_INTERVAL = 300.0
+Reactor = Any  # IReactorSSL + IReactorTime + IReactorCore: no single Twisted type says that
+FactoryBuilder = Callable[[ServerConfig, IStore, Reactor], ServerFactory]
+
+
+class Options(usage.Options):
+    """``--config FILE``: everything else is in the TOML file."""
+
+    synopsis = "[--config FILE]"
+    optParameters = [["config", "c", "etc/server.toml", "The server's TOML config file."]]
+    server_config: ServerConfig
+
+    def postOptions(self) -> None:
+        """Validate now, so twistd reports a bad value (one line) before anything starts."""
+        try:
+            self.server_config = load_config(self["config"])
+        except ConfigError as err:
+            raise usage.UsageError(str(err)) from None
+
+
+def _hard_exit(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def exit_after_shutdown(reactor: Reactor, code: int) -> None:
+    """Stop the reactor; exit with ``code`` at interpreter exit, after twistd's cleanup."""
+    atexit.register(_hard_exit, code)
+    reactor.callWhenRunning(reactor.stop)
+
+
+class RelayService(MultiService):
+    """TLS material, listener, then store and expiry timer; stopped in reverse order."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        reactor: Reactor,
+        store: IStore,
+        build_factory: FactoryBuilder,
+        exit_process: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._config, self._reactor, self._store = config, reactor, store
+        self._build_factory = build_factory
+        self._exit_process = exit_process or (lambda code: exit_after_shutdown(reactor, code))
+        self._listener: StreamServerEndpointService | None = None
+        self._timer = TimerService(EXPIRE_INTERVAL, self._expire)  # type: ignore[no-untyped-call]
+        self._timer.clock = reactor
+        self.port: IListeningPort | None = None
+
+    def _fail_now(self, message: str) -> NoReturn:
+        self.log.critical("{message}", message=message)
+        raise SystemExit(message)
+
+    def _start_listener(self, start: Callable[[], None]) -> None:
+        """Build the listener once (it needs the TLS files), then run ``start``."""
+        cfg = self._config
+        if self._listener is None:
+            try:
+                ensure_tls_material(cfg.tls, self.log)
+                tls = server_tls_options(cfg.tls, "certificate" in cfg.auth.methods)
+            except ConfigError as err:
+                self._fail_now(str(err))
+            endpoint = SSL4ServerEndpoint(  # type: ignore[no-untyped-call]
+                self._reactor, cfg.server.port, tls, interface=cfg.server.host
+            )
+            factory = self._build_factory(cfg, self._store, self._reactor)
+            self._listener = StreamServerEndpointService(endpoint, factory)  # type: ignore[no-untyped-call]
+            # Without this a failed bind is only logged and the daemon runs with no port.
+            self._listener._raiseSynchronously = True
+            self._listener.setServiceParent(self)  # type: ignore[no-untyped-call]
+        try:
+            start()
+        except CannotListenError as err:
+            self._fail_now(f"cannot listen on {err.interface}:{err.port}: {err.socketError}")
+        if self.port is None and self._listener._waitingForPort is not None:
+            # A documented ivar; it fires with the bound port (the real one for port 0).
+            self._listener._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        self.port, address = port, cast(IPv4Address, port.getHost())  # or IPv6Address
+        host = f"[{address.host}]" if ":" in address.host else address.host
+        self.log.info("listening on {host}:{port}", host=host, port=address.port)
+        return port
+
+    def privilegedStartService(self) -> None:
+        """Bind before twistd drops privileges, so a low port works with ``--uid``."""
+        self._start_listener(super().privilegedStartService)
+
+    def startService(self) -> None:
+        """Open the store (on its thread); the expiry timer starts once it is open."""
+        self._start_listener(super().startService)
+        self._store.start().addCallbacks(self._store_opened, self._store_failed)
+
+    def _store_opened(self, _: None) -> None:
+        if self.running:  # not stopped meanwhile
+            self._timer.setServiceParent(self)  # type: ignore[no-untyped-call]
+
+    def _store_failed(self, failure: Failure) -> None:
+        path, error = str(self._config.store.path), failure.getErrorMessage()
+        self.log.critical("cannot open the store {path}: {error}", path=path, error=error)
+        self._exit_process(1)
+
+    def _expire(self) -> Deferred[None]:
+        """Never fails (nor raises): a TimerService stops for good after one failure."""
+        d = maybeDeferred(self._store.expire, self._reactor.seconds()).addCallback(self._expired)
+        return d.addErrback(lambda f: self.log.failure("expiring old envelopes failed", f))
+
+    def _expired(self, count: int) -> None:
+        if count:
+            self.log.info("expired {count} envelopes past their TTL", count=count)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop the timer and the listener, then flush pending commits and close the store."""
+        stopped: Deferred[Any] = super().stopService()  # type: ignore[no-untyped-call]
+        return stopped.addCallback(lambda _: self._store.stop())
+
+
+def makeService(options: Options, reactor: Reactor = None) -> MultiService:
+    """twistd entry point: the production store and protocol factory."""
+    from securechat.server.protocol import build_factory
+    from securechat.server.store.sqlite import SQLiteStore
+
+    if reactor is None:
+        from twisted.internet import reactor
+    cfg = options.server_config
+    return RelayService(cfg, reactor, SQLiteStore(cfg.store, clock=reactor), build_factory)

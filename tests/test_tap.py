@@ -1,0 +1,258 @@
+"""Tests for securechat.tap: Options, and the service tree started against fake reactors.
+
+``MemoryReactorClock`` records the SSL listen request instead of binding, so these tests
+check the wiring (host, port, TLS options, start/stop order, the expiry timer) without
+sockets; the real bind failure test uses the global reactor on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, ssl
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.testing import MemoryReactorClock, RaisingMemoryReactor
+from twisted.logger import capturedLogs
+from twisted.python import usage
+
+from securechat import tap
+from securechat.config import ServerConfig, StoreSection, load_config
+from securechat.server.store.interface import IStore
+from securechat.server.store.memory import MemoryStore
+from tests.conftest import ConfigWriter
+
+
+class RecordingStore(MemoryStore):
+    """A MemoryStore that records lifecycle calls and can fail on demand."""
+
+    def __init__(self, clock: Any) -> None:
+        super().__init__(StoreSection(), clock=clock)
+        self.events: list[str] = []
+        self.start_error: Exception | None = None
+        self.expire_error: Exception | None = None
+        self.expire_raises = False
+
+    def start(self) -> defer.Deferred[None]:
+        self.events.append("start")
+        return defer.fail(self.start_error) if self.start_error else defer.succeed(None)
+
+    def stop(self) -> defer.Deferred[None]:
+        self.events.append("stop")
+        return defer.succeed(None)
+
+    def expire(self, now: float) -> defer.Deferred[int]:
+        self.events.append(f"expire@{now:g}")
+        if self.expire_raises:
+            raise RuntimeError("synchronous expire bug")
+        if self.expire_error is not None:
+            return defer.fail(self.expire_error)
+        return super().expire(now)
+
+
+class Built:
+    """What the fake factory builder saw."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[ServerConfig, IStore, Any]] = []
+        self.factory = ServerFactory.forProtocol(Protocol)
+
+    def __call__(self, config: ServerConfig, store: IStore, reactor: Any) -> ServerFactory:
+        self.calls.append((config, store, reactor))
+        return self.factory
+
+
+def make(
+    config: ServerConfig, reactor: Any = None
+) -> tuple[tap.RelayService, RecordingStore, Built, list[int], Any]:
+    reactor = reactor if reactor is not None else MemoryReactorClock()
+    store, built, exits = RecordingStore(MemoryReactorClock()), Built(), []
+    svc = tap.RelayService(config, reactor, store, built, exit_process=exits.append)
+    return svc, store, built, exits, reactor
+
+
+@pytest.fixture
+def config(write_config: ConfigWriter) -> ServerConfig:
+    return load_config(write_config({"server": {"port": 8555}}))
+
+
+def messages(events: list[dict[str, Any]]) -> list[str]:
+    from twisted.logger import formatEvent
+
+    return [formatEvent(e) for e in events]
+
+
+# -- Options --------------------------------------------------------------------------
+
+
+def test_options_default_path() -> None:
+    """Without --config the shipped development file is used."""
+    assert tap.Options()["config"] == "etc/server.toml"
+
+
+def test_options_load_the_file(write_config: ConfigWriter) -> None:
+    """postOptions leaves a validated, frozen config on the Options object."""
+    path = write_config({"server": {"port": 9999}})
+    options = tap.Options()
+    options.parseOptions(["--config", str(path)])
+    assert options.server_config.server.port == 9999
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[server]\nport = 70000\n", "[server\n", "[nonsense]\n", "[auth]\nmethods = ['magic']\n"],
+)
+def test_options_bad_config_is_a_usage_error(write_config: ConfigWriter, text: str) -> None:
+    """twistd turns UsageError into a message and exit status 1; the message names the file."""
+    path = write_config(text=text)
+    with pytest.raises(usage.UsageError) as info:
+        tap.Options().parseOptions(["-c", str(path)])
+    assert str(path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_options_missing_file(tmp_path: Path) -> None:
+    """A typo in the path is reported, not a traceback."""
+    with pytest.raises(usage.UsageError, match="cannot read"):
+        tap.Options().parseOptions(["--config", str(tmp_path / "nope.toml")])
+
+
+# -- the service tree ---------------------------------------------------------------------
+
+
+def test_start_requests_tls_listener_on_configured_address(config: ServerConfig) -> None:
+    """startService asks for an SSL port on host:port with the TLS 1.3 server options."""
+    svc, store, built, exits, reactor = make(config)
+    with capturedLogs() as events:
+        svc.startService()
+    [(port, factory, context, _backlog, interface)] = reactor.sslServers
+    assert (port, interface) == (8555, "127.0.0.1")
+    assert factory is built.factory
+    assert isinstance(context, ssl.CertificateOptions)
+    assert built.calls == [(config, store, reactor)]
+    assert config.tls.cert.exists() and config.tls.key.exists()
+    assert store.events[0] == "start" and exits == []
+    assert any(m.startswith("listening on ") and m.endswith(":8555") for m in messages(events))
+    assert svc.port is not None
+
+
+def test_privileged_start_binds_once(config: ServerConfig) -> None:
+    """twistd calls privilegedStartService then startService: one listen, not two."""
+    svc, _store, _built, _exits, reactor = make(config)
+    svc.privilegedStartService()
+    svc.startService()
+    assert len(reactor.sslServers) == 1
+
+
+def test_client_certificates_requested_when_enabled(write_config: ConfigWriter) -> None:
+    """With the "certificate" method the server verifies client certificates (optional)."""
+    cfg = load_config(write_config({"auth": {"methods": ["password", "certificate"]}}))
+    svc, *_rest, reactor = make(cfg)
+    svc.startService()
+    context = reactor.sslServers[0][2]
+    assert context.verify and not context.requireCertificate
+
+
+def test_bind_failure_exits(config: ServerConfig) -> None:
+    """An address in use stops start-up with one line instead of running without a port."""
+    reactor = RaisingMemoryReactor(listenException=CannotListenError("127.0.0.1", 8555, "busy"))
+    svc, *_ = make(config, reactor)
+    with pytest.raises(SystemExit) as info:
+        svc.privilegedStartService()
+    assert "8555" in str(info.value.code) and "busy" in str(info.value.code)
+
+
+@pytest_twisted.ensureDeferred
+async def test_real_bind_failure_exits(write_config: ConfigWriter, reactor: Any) -> None:
+    """Against the real reactor, a port that is taken raises SystemExit (twistd exits 1)."""
+    taken = reactor.listenTCP(0, ServerFactory.forProtocol(Protocol), interface="127.0.0.1")
+    try:
+        cfg = load_config(write_config({"server": {"port": taken.getHost().port}}))
+        svc, store, *_ = make(cfg, reactor)
+        with pytest.raises(SystemExit, match=str(taken.getHost().port)):
+            svc.privilegedStartService()
+        assert store.events == []
+    finally:
+        await taken.stopListening()
+
+
+def test_missing_tls_files_exit_naming_the_key(write_config: ConfigWriter) -> None:
+    """With auto_generate off and no certificate, start-up stops with the config key."""
+    cfg = load_config(write_config({"tls": {"auto_generate": False}}))
+    svc, *_rest, reactor = make(cfg)
+    with pytest.raises(SystemExit, match=r"\[tls\] cert"):
+        svc.startService()
+    assert reactor.sslServers == []
+
+
+def test_store_failure_exits_non_zero(config: ServerConfig) -> None:
+    """A store that cannot open logs one critical line and asks for exit status 1."""
+    svc, store, _built, exits, _reactor = make(config)
+    store.start_error = OSError("disk on fire")
+    with capturedLogs() as events:
+        svc.startService()
+    assert exits == [1]
+    [line] = [m for m in messages(events) if m.startswith("cannot open the store")]
+    assert "disk on fire" in line and str(config.store.path) in line
+
+
+def test_expiry_timer_runs_after_store_opens(config: ServerConfig) -> None:
+    """The store is swept at once and then every EXPIRE_INTERVAL seconds of reactor time."""
+    svc, store, _built, _exits, reactor = make(config)
+    svc.startService()
+    reactor.advance(tap.EXPIRE_INTERVAL)
+    reactor.advance(tap.EXPIRE_INTERVAL)
+    assert [e for e in store.events if e.startswith("expire")] == [
+        "expire@0",
+        f"expire@{tap.EXPIRE_INTERVAL:g}",
+        f"expire@{2 * tap.EXPIRE_INTERVAL:g}",
+    ]
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_failing_expire_does_not_kill_the_timer(config: ServerConfig, sync: bool) -> None:
+    """A sweep that raises or errbacks is logged and the next sweep still happens."""
+    svc, store, _built, _exits, reactor = make(config)
+    store.expire_raises = sync
+    store.expire_error = None if sync else RuntimeError("database is locked")
+    with capturedLogs() as events:
+        svc.startService()
+        reactor.advance(tap.EXPIRE_INTERVAL)
+        reactor.advance(tap.EXPIRE_INTERVAL)
+    assert len([e for e in store.events if e.startswith("expire")]) == 3
+    failures = [e for e in events if "log_failure" in e]
+    assert len(failures) == 3
+    assert all(f["log_failure"].check(RuntimeError) for f in failures)
+
+
+def test_stop_closes_listener_then_store(config: ServerConfig) -> None:
+    """stopService stops the port and the timer, then closes (flushes) the store."""
+    svc, store, _built, _exits, reactor = make(config)
+    svc.startService()
+    children = list(svc)
+    assert len(children) == 2 and all(child.running for child in children)
+    d = svc.stopService()
+    assert d.called
+    assert store.events[-1] == "stop"
+    assert not any(child.running for child in children)
+    before = len(store.events)
+    reactor.advance(10 * tap.EXPIRE_INTERVAL)
+    assert len(store.events) == before
+
+
+def test_make_service_uses_the_options_config(write_config: ConfigWriter) -> None:
+    """makeService builds a RelayService from the parsed options (production wiring)."""
+    pytest.importorskip("securechat.server.protocol")
+    options = tap.Options()
+    options.parseOptions(["--config", str(write_config())])
+    reactor = MemoryReactorClock()
+    svc = tap.makeService(options, reactor)
+    assert isinstance(svc, tap.RelayService)
+    try:
+        svc.privilegedStartService()
+        assert reactor.sslServers[0][0] == 0
+    finally:
+        svc._store.stop()  # the adbapi pool started its threads on the global reactor

@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
 
 import cbor2
 from cryptography.hazmat.primitives import hashes, hmac
@@ -98,8 +98,7 @@ def chain_id(ratchet_pub: bytes, kem_ct: bytes) -> bytes:
     return digest.finalize()[:16]
 
 
-@dataclass(frozen=True, slots=True)
-class RatchetHeader:
+class RatchetHeader(NamedTuple):
     """The ratchet fields of a message header (``HEADER(dh, pn, n)`` plus the encapsulation)."""
 
     ratchet_pub: bytes
@@ -128,15 +127,20 @@ class _RecvChain:
 
 @dataclass(slots=True)
 class Pending:
-    """Result of :meth:`Ratchet.decrypt_step`: the message key and the state change to commit."""
+    """Result of :meth:`Ratchet.decrypt_step`: the message key and the state change to commit.
+
+    Commit it (or drop it) before the next :meth:`Ratchet.decrypt_step`: it describes a change
+    relative to the state it was computed from.
+    """
 
     message_key: bytes
+    advance: tuple[bytes, int] | None = None
     chain: _RecvChain | None = None
     root_key: bytes | None = None
     peer_pub: bytes | None = None
     retire: bytes | None = None
     used: tuple[bytes, int] | None = None
-    add: list[tuple[bytes, int, bytes]] = field(default_factory=list)
+    add: Sequence[tuple[bytes, int, bytes]] = ()
 
 
 def _skip(cid: bytes, chain_key: bytes, start: int, until: int) -> tuple[bytes, list[Any]]:
@@ -254,10 +258,12 @@ class Ratchet:
         ):
             if n < recv.n:
                 return self._skipped_key(recv.cid, n)
+            if n == recv.n:  # the common case: the next message in order
+                message_key, chain_key = kdf_ck(recv.chain_key)
+                return Pending(message_key, (chain_key, n + 1))
             chain_key, add = _skip(recv.cid, recv.chain_key, recv.n, n)
             message_key, chain_key = kdf_ck(chain_key)
-            chain = _RecvChain(recv.cid, recv.ratchet_pub, recv.kem_ct, chain_key, n + 1)
-            return Pending(message_key, chain=chain, add=add)
+            return Pending(message_key, (chain_key, n + 1), add=add)
         cid = chain_id(header.ratchet_pub, header.kem_ct)
         if cid in self.skipped or cid in self.retired:
             return self._skipped_key(cid, n)
@@ -286,7 +292,7 @@ class Ratchet:
             root_key=root_key,
             peer_pub=header.ratchet_pub,
             retire=recv.cid if recv is not None else None,
-            add=add + more,
+            add=[*add, *more],
         )
 
     def _skipped_key(self, cid: bytes, n: int) -> Pending:
@@ -297,6 +303,10 @@ class Ratchet:
 
     def commit(self, pending: Pending) -> None:
         """Apply a :class:`Pending` once the message it belongs to has been authenticated."""
+        if pending.advance is not None and not pending.add:
+            assert self.recv is not None
+            self.recv.chain_key, self.recv.n = pending.advance
+            return
         if pending.used is not None:
             cid, n = pending.used
             keys = self.skipped[cid]
@@ -320,6 +330,9 @@ class Ratchet:
                 del self.skipped[oldest_cid]
         if pending.chain is not None:
             self.recv = pending.chain
+        elif pending.advance is not None:
+            assert self.recv is not None
+            self.recv.chain_key, self.recv.n = pending.advance
         if pending.root_key is not None:
             self.root_key = pending.root_key
         if pending.peer_pub is not None:

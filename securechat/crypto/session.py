@@ -82,6 +82,9 @@ class Session:
         self.initiator = initiator
         self.rng = rng
         self.clock = clock
+        self._ad_out = env.identity_prefix(local_identity, peer_identity)
+        self._ad_in = env.identity_prefix(peer_identity, local_identity)
+        self._encoder: env.HeaderEncoder | None = None
 
     @property
     def backend(self) -> str:
@@ -186,23 +189,25 @@ class Session:
         if len(plaintext) > env.MAX_PLAINTEXT:
             raise ValueError(f"plaintext larger than {env.MAX_PLAINTEXT} bytes")
         ratchet_header, message_key = self.ratchet.encrypt_step()
-        header = env.Header(
-            backend=self.ratchet.backend,
-            sender=self.local_user,
-            recipient=self.peer_user,
-            ratchet_pub=ratchet_header.ratchet_pub,
-            kem_ct=ratchet_header.kem_ct,
-            pn=ratchet_header.pn,
-            n=ratchet_header.n,
-            message_id=message_id if message_id is not None else self.rng(env.MESSAGE_ID_SIZE),
-            timestamp=timestamp_ms if timestamp_ms is not None else int(self.clock() * 1000),
-            room=room,
-            handshake=self.handshake_message,
+        key = (
+            self.ratchet.backend,
+            self.local_user,
+            self.peer_user,
+            ratchet_header.ratchet_pub,
+            ratchet_header.kem_ct,
+            ratchet_header.pn,
+            self.handshake_message,
         )
-        header_bytes = env.encode_header(header)
-        return env.seal(
-            message_key, header_bytes, plaintext, self.local_identity, self.peer_identity
+        encoder = self._encoder
+        if encoder is None or encoder.key != key:
+            encoder = self._encoder = env.HeaderEncoder(*key)
+        header_bytes = encoder.encode(
+            ratchet_header.n,
+            message_id if message_id is not None else self.rng(env.MESSAGE_ID_SIZE),
+            timestamp_ms if timestamp_ms is not None else int(self.clock() * 1000),
+            room,
         )
+        return env.seal(message_key, header_bytes, plaintext, self._ad_out)
 
     def decrypt(self, envelope: bytes) -> tuple[env.Header, bytes]:
         """Authenticate and decrypt one envelope from the peer.
@@ -234,9 +239,7 @@ class Session:
         pending = self.ratchet.decrypt_step(
             RatchetHeader(header.ratchet_pub, header.kem_ct, header.pn, header.n)
         )
-        plaintext = env.open_envelope(
-            pending.message_key, header_bytes, ciphertext, self.peer_identity, self.local_identity
-        )
+        plaintext = env.open_envelope(pending.message_key, header_bytes, ciphertext, self._ad_in)
         self.ratchet.commit(pending)
         if self.initiator:
             # The peer has answered, so it holds the session: stop repeating the handshake.

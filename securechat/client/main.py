@@ -1,0 +1,228 @@
+"""``securechat-client``: the entry point (argument parsing, keystore, connection, stdio).
+
+Every failure a user can cause (wrong password, unreachable server, a certificate that does
+not verify, a bad flag) ends with one line on stderr and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, cast
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import stdio
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.task import react
+
+from securechat.client.chat import ChatClient, LoginFailed
+from securechat.client.console import ConsoleProtocol, Renderer
+from securechat.client.keystore import Keystore, KeystoreError
+from securechat.client.network import WireClientFactory
+from securechat.client.sessions import SessionManager
+from securechat.crypto.identity import IdentityKeyPair
+from securechat.tls import client_tls_options
+
+PROG = "securechat-client"
+CONFIG_KEYS = {
+    "server": str, "ca": str, "user": str, "home": str, "backend": str, "json": bool,
+    "password_file": str, "passphrase_file": str, "cert": str,
+}  # fmt: skip
+
+
+class UsageProblem(Exception):
+    """A problem with the command line or the files it names."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    ca: Path | None
+    user: str
+    home: Path
+    backend: str | None
+    json: bool
+    register: bool
+    password: str | None
+    passphrase: str
+    cert: Path | None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="End-to-end encrypted chat on stdio.")
+    p.add_argument("--config", help="TOML file with defaults for these options")
+    p.add_argument("--server", help="HOST:PORT of the relay")
+    p.add_argument("--ca", help="CA certificate to verify the server (default: system trust)")
+    p.add_argument("--user", help="your user name")
+    p.add_argument("--password-file", help="file whose first line is the account password")
+    p.add_argument("--passphrase-file", help="keystore passphrase (default: the password)")
+    p.add_argument("--register", action="store_true", default=None, help="create the account")
+    p.add_argument("--backend", choices=("dh", "ecdh", "rsa"), help="backend for new sessions")
+    p.add_argument("--home", help="keystore directory (default: XDG data dir)")
+    p.add_argument("--json", action="store_true", default=None, help="one JSON event per line")
+    p.add_argument("--cert", help="PEM with client certificate and key (certificate login)")
+    return p
+
+
+def _read_first_line(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            line = f.readline().rstrip("\r\n")
+    except OSError as e:
+        raise UsageProblem(f"cannot read {what} file {path}: {e.strerror}") from None
+    if not line:
+        raise UsageProblem(f"{what} file {path} is empty")
+    return line
+
+
+def _config_defaults(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UsageProblem(f"cannot read config {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageProblem(f"{path}: {e}") from None
+    for key, value in data.items():
+        if key not in CONFIG_KEYS:
+            raise UsageProblem(f"{path}: unknown key {key!r}")
+        if not isinstance(value, CONFIG_KEYS[key]):
+            raise UsageProblem(f"{path}: {key} must be a {CONFIG_KEYS[key].__name__}")
+    return data
+
+
+def default_home(user: str, host: str, port: int) -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "securechat" / f"{user}@{host}_{port}"
+
+
+def resolve(argv: list[str]) -> Settings:
+    """Merge flags over the config file and read the secrets they name."""
+    args = build_parser().parse_args(argv)
+    conf = _config_defaults(args.config)
+
+    def get(name: str) -> Any:
+        value = getattr(args, name)
+        return value if value is not None else conf.get(name)
+
+    server, user = get("server"), get("user")
+    if not server or not user:
+        raise UsageProblem("--server HOST:PORT and --user NAME are required")
+    host, _, port_text = str(server).rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UsageProblem(f"--server must be HOST:PORT, not {server!r}")
+    port = int(port_text)
+    password: str | None = None
+    if get("password_file"):
+        password = _read_first_line(get("password_file"), "password")
+    elif sys.stdin.isatty():
+        password = getpass.getpass(f"password for {user}: ")
+    if get("passphrase_file"):
+        passphrase = _read_first_line(get("passphrase_file"), "passphrase")
+    elif password is not None:
+        passphrase = password
+    else:
+        raise UsageProblem("give --password-file (or --passphrase-file): stdin is for chat")
+    backend = get("backend")
+    if backend is not None and backend not in ("dh", "ecdh", "rsa"):
+        raise UsageProblem(f"unknown backend {backend!r}")
+    home = Path(get("home")) if get("home") else default_home(user, host, port)
+    return Settings(
+        host=host.strip("[]"), port=port, ca=Path(get("ca")) if get("ca") else None, user=user,
+        home=home, backend=backend, json=bool(get("json")), register=bool(get("register")),
+        password=password, passphrase=passphrase, cert=Path(get("cert")) if get("cert") else None,
+    )  # fmt: skip
+
+
+def open_keystore(s: Settings) -> Keystore:
+    if s.register and not Keystore.exists(s.home):
+        identity = IdentityKeyPair.generate()
+        return Keystore.create(s.home, s.passphrase, s.user, identity.private_bytes())
+    ks = Keystore.open(s.home, s.passphrase)
+    if ks.state.user != s.user:
+        raise KeystoreError(f"the keystore in {s.home} belongs to {ks.state.user!r}")
+    return ks
+
+
+def _read_bytes(path: Path | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise UsageProblem(f"cannot read {what} {path}: {e.strerror}") from None
+
+
+async def run(reactor: Any, s: Settings) -> None:
+    keystore = open_keystore(s)
+    done: Deferred[int] = Deferred()
+
+    def stop(code: int) -> None:
+        if not done.called:
+            done.callback(code)
+
+    client = ChatClient(
+        SessionManager(keystore), password=s.password, register=s.register,
+        backend=s.backend, clock=time.time, stop=stop,
+    )  # fmt: skip
+    console = ConsoleProtocol(client, lambda write: Renderer(write, s.json))
+    stdio_transport: Any = cast(Any, stdio).StandardIO(console, reactor=reactor)
+    stdio_transport.pauseProducing()  # no input until logged in
+    client.renderer = console.renderer
+    try:
+        tls = client_tls_options(s.host, _read_bytes(s.ca, "CA file"), _read_bytes(s.cert, "cert"))
+    except ValueError as e:
+        raise UsageProblem(str(e)) from None
+    endpoint = wrapClientTLS(tls, HostnameEndpoint(reactor, s.host, s.port, timeout=10))
+    factory = WireClientFactory(client.connected, client.push, client.lost)
+    service = ClientService(endpoint, factory, retryPolicy=backoffPolicy(0.5, 30.0))
+    service.startService()
+    try:
+        await service.whenConnected(failAfterFailures=1)
+        await client.first_login
+    except LoginFailed as e:
+        await service.stopService()
+        raise UsageProblem(str(e)) from None
+    except Exception as e:  # any connect failure becomes one line
+        await service.stopService()
+        raise UsageProblem(f"cannot connect to {s.host}:{s.port}: {e}") from None
+    stdio_transport.resumeProducing()
+    code = await done
+    await service.stopService()
+    if code:
+        raise SystemExit(code)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    try:
+        settings = resolve(sys.argv[1:] if argv is None else argv)
+    except UsageProblem as e:
+        _fail(str(e))
+
+    async def _go(reactor: Any) -> None:
+        try:
+            await run(reactor, settings)
+        except (UsageProblem, KeystoreError) as e:
+            _fail_soft(str(e))
+            raise SystemExit(1) from None
+
+    react(_go)
+
+
+def _fail(text: str) -> NoReturn:
+    _fail_soft(text)
+    raise SystemExit(1)
+
+
+def _fail_soft(text: str) -> None:
+    sys.stderr.write(f"{PROG}: error: {text}\n")
+    sys.stderr.flush()

@@ -1,0 +1,340 @@
+"""End-to-end state of one client: prekeys, pinned identities and pairwise sessions.
+
+This is the only client module that touches :mod:`securechat.crypto`. It keeps every
+secret inside the :class:`~securechat.client.keystore.Keystore` (encrypted at rest) and
+decides trust: the first identity key seen for a peer is pinned (TOFU); a different key
+later is reported, and a peer the user verified is blocked until verified again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from securechat.client.keystore import Keystore, Pin
+from securechat.crypto import envelope as env
+from securechat.crypto.errors import CryptoError, DuplicateMessage, SessionMismatch
+from securechat.crypto.identity import (
+    IdentityKeyPair,
+    fingerprint,
+    format_safety_number,
+    safety_number,
+)
+from securechat.crypto.kem import IKem, KeyPair, get_kem
+from securechat.crypto.prekeys import (
+    SignedPrekey,
+    generate_one_time_prekeys,
+    generate_signed_prekey,
+)
+from securechat.crypto.session import Session
+
+#: Parameters a client uses for each backend name when it makes its own keys.
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "ecdh": {"curve": "x25519"},
+    "dh": {"group": "ffdhe3072"},
+    "rsa": {"bits": 3072},
+}
+#: One-time prekeys to keep published per backend (RSA keys cost ~0.15 s each to make).
+ONE_TIME_TARGET = {"ecdh": 50, "dh": 20, "rsa": 5}
+SIGNED_PREKEY_LIFETIME = 30 * 24 * 3600
+
+
+class TrustError(Exception):
+    """Sending is blocked: the peer's verified identity key changed."""
+
+
+@dataclass(frozen=True)
+class Received:
+    """One decrypted message, ready to show."""
+
+    sender: str
+    text: str
+    room: str | None
+    message_id: bytes
+    timestamp: float
+    verified: bool
+    missing: int
+
+
+def kem_for(backend_id: str) -> IKem:
+    """Build the KEM named by a header's ``name:params`` string (``"dh:ffdhe2048"``)."""
+    name, _, params = backend_id.partition(":")
+    if name == "ecdh":
+        return get_kem("ecdh", {"curve": params})
+    if name == "dh":
+        return get_kem("dh", {"group": params})
+    if name == "rsa" and params.startswith("rsa") and params[3:].isdigit():
+        return get_kem("rsa", {"bits": int(params[3:])})
+    raise CryptoError(f"unknown backend {backend_id!r}")
+
+
+def encode_plaintext(text: str) -> bytes:
+    """The inner message format: a CBOR map, so receipts or files can be added later."""
+    return bytes(cbor2.dumps({"k": "text", "text": text}, canonical=True))
+
+
+def decode_plaintext(data: bytes) -> str:
+    obj = cbor2.loads(data)
+    if not isinstance(obj, dict) or obj.get("k") != "text" or not isinstance(obj.get("text"), str):
+        raise CryptoError("unsupported message content")
+    return str(obj["text"])
+
+
+class SessionManager:
+    """Owns the identity, prekeys, pins and sessions stored in one keystore."""
+
+    def __init__(self, keystore: Keystore, clock: Callable[[], float] = time.time) -> None:
+        self.keystore = keystore
+        self.state = keystore.state
+        self.user = keystore.state.user
+        self.identity = IdentityKeyPair.from_private_bytes(keystore.state.identity_private)
+        self.clock = clock
+        self._kems: dict[str, IKem] = {}
+
+    # -- keys we publish ----------------------------------------------------------
+    def _kem(self, backend_id: str) -> IKem:
+        if backend_id not in self._kems:
+            self._kems[backend_id] = kem_for(backend_id)
+        return self._kems[backend_id]
+
+    def local_kem(self, name: str) -> IKem:
+        """Our KEM for backend ``name`` with the client's default parameters."""
+        kem = get_kem(name, DEFAULT_PARAMS[name])
+        return self._kems.setdefault(env.backend_id(kem), kem)
+
+    def _next_id(self) -> int:
+        value = self.state.counters.get("prekey_id", 1)
+        self.state.counters["prekey_id"] = value + 1
+        return value
+
+    def prekeys_to_publish(
+        self, backend: str, have_one_time: int | None
+    ) -> tuple[bytes | None, list[tuple[int, bytes]]]:
+        """What to upload for ``backend``: a signed prekey if ours is missing or ageing, and
+        enough one-time prekeys to get back to the target. Private halves go to the keystore.
+        """
+        kem = self.local_kem(backend)
+        bid = env.backend_id(kem)
+        now = self.clock()
+        signed: bytes | None = None
+        current = self._current_signed(bid)
+        if current is None or current.expires - now < SIGNED_PREKEY_LIFETIME / 2:
+            record, pair = generate_signed_prekey(
+                self.identity, kem, self._next_id(), now, SIGNED_PREKEY_LIFETIME
+            )
+            self.state.prekeys[f"spk:{bid}:{record.key_id}"] = _pack(record.to_bytes(), pair)
+            self.state.extra[f"current_spk:{bid}"] = record.key_id
+            signed = record.to_bytes()
+        have = 0 if have_one_time is None else have_one_time
+        wanted = max(0, ONE_TIME_TARGET[backend] - have)
+        one_time: list[tuple[int, bytes]] = []
+        if wanted:
+            first = self.state.counters.get("prekey_id", 1)
+            self.state.counters["prekey_id"] = first + wanted
+            for otk, pair in generate_one_time_prekeys(kem, first, wanted):
+                self.state.prekeys[f"otk:{bid}:{otk.key_id}"] = _pack(otk.to_bytes(), pair)
+                one_time.append((otk.key_id, otk.to_bytes()))
+        return signed, one_time
+
+    def _current_signed(self, bid: str) -> SignedPrekey | None:
+        key_id = self.state.extra.get(f"current_spk:{bid}")
+        blob = self.state.prekeys.get(f"spk:{bid}:{key_id}")
+        return None if blob is None else SignedPrekey.from_bytes(_unpack(blob)[0])
+
+    def _find_signed(self, bid: str) -> Callable[[int], tuple[SignedPrekey, KeyPair] | None]:
+        def find(key_id: int) -> tuple[SignedPrekey, KeyPair] | None:
+            blob = self.state.prekeys.get(f"spk:{bid}:{key_id}")
+            if blob is None:
+                return None
+            record, pair = _unpack(blob)
+            return SignedPrekey.from_bytes(record), pair
+
+        return find
+
+    def _find_one_time(self, bid: str) -> Callable[[int], KeyPair | None]:
+        def find(key_id: int) -> KeyPair | None:
+            blob = self.state.prekeys.get(f"otk:{bid}:{key_id}")
+            return None if blob is None else _unpack(blob)[1]
+
+        return find
+
+    # -- trust ---------------------------------------------------------------------
+    def observe_identity(self, peer: str, key: bytes) -> str | None:
+        """Pin ``key`` on first contact; returns a warning text if it differs from the pin."""
+        pin = self.state.pins.get(peer)
+        if pin is None:
+            self.state.pins[peer] = Pin(key)
+            return None
+        if env.constant_time_equal(pin.identity_key, key):
+            return None
+        blocked = pin.verified or bool(self.state.extra.get(f"blocked:{peer}"))
+        self.state.pins[peer] = Pin(key, verified=False, changed_from=pin.identity_key)
+        if blocked:
+            self.state.extra[f"blocked:{peer}"] = True
+        # Sessions made with the old key must not be used to send any more.
+        for name in [k for k in self.state.sessions if k.startswith(f"{peer}|")]:
+            del self.state.sessions[name]
+        return f"the identity key of {peer} has changed" + (
+            ": sending is blocked until you /verify and /trust again" if blocked else ""
+        )
+
+    def check_can_send(self, peer: str) -> None:
+        if self.state.extra.get(f"blocked:{peer}"):
+            raise TrustError(
+                f"{peer}'s verified identity key changed: /verify {peer}, then /trust {peer}"
+            )
+
+    def trust(self, peer: str) -> None:
+        """Mark the current pin verified and lift a block."""
+        pin = self.state.pins.get(peer)
+        if pin is None:
+            raise KeyError(peer)
+        self.state.pins[peer] = Pin(pin.identity_key, verified=True)
+        self.state.extra.pop(f"blocked:{peer}", None)
+
+    def is_verified(self, peer: str) -> bool:
+        pin = self.state.pins.get(peer)
+        return pin is not None and pin.verified
+
+    def verify_info(self, peer: str) -> dict[str, Any]:
+        """Safety number and fingerprints to compare out of band."""
+        pin = self.state.pins.get(peer)
+        if pin is None:
+            raise KeyError(peer)
+        own = self.identity.public_bytes()
+        return {
+            "user": peer,
+            "safety_number": format_safety_number(
+                safety_number(own, self.user, pin.identity_key, peer)
+            ),
+            "fingerprint": fingerprint(pin.identity_key),
+            "own_fingerprint": fingerprint(own),
+            "verified": pin.verified,
+        }
+
+    # -- sessions ------------------------------------------------------------------
+    def _session_key(self, peer: str, bid: str) -> str:
+        return f"{peer}|{bid}"
+
+    def active_session(self, peer: str, backend: str) -> Session | None:
+        """Our session with ``peer`` over backend ``name`` (any parameters), if any."""
+        for key, blob in self.state.sessions.items():
+            p, _, bid = key.partition("|")
+            if p == peer and bid.split(":")[0] == backend:
+                return Session.from_bytes(blob, self._kem, clock=self.clock)
+        return None
+
+    def start_session(
+        self,
+        peer: str,
+        identity_key: bytes,
+        signed_prekey: bytes,
+        one_time: bytes | None,
+    ) -> tuple[Session, str | None]:
+        """Run the handshake against a fetched bundle (after checking the pin)."""
+        warning = self.observe_identity(peer, identity_key)
+        self.check_can_send(peer)
+        record = SignedPrekey.from_bytes(signed_prekey)
+        session = Session.initiate(
+            kem=self._kem(record.backend), identity=self.identity, local_user=self.user,
+            peer_user=peer, peer_identity=identity_key, signed_prekey=signed_prekey,
+            one_time_prekey=one_time, clock=self.clock,
+        )  # fmt: skip
+        self.save_session(session)
+        return session, warning
+
+    def save_session(self, session: Session) -> None:
+        self.state.sessions[self._session_key(session.peer_user, session.backend)] = (
+            session.to_bytes()
+        )
+
+    def encrypt(self, session: Session, text: str, room: str | None) -> tuple[bytes, bytes]:
+        """Encrypt; returns ``(message_id, envelope)``. The caller saves the keystore
+        before the envelope leaves, so a message key is never used twice after a crash."""
+        message_id = os.urandom(env.MESSAGE_ID_SIZE)
+        envelope = session.encrypt(encode_plaintext(text), room=room, message_id=message_id)
+        self.save_session(session)
+        return message_id, envelope
+
+    def decrypt(
+        self, sender: str, backend: str, message_id: bytes, room: str | None, payload: bytes
+    ) -> tuple[Received | None, list[str]]:
+        """Decrypt one delivered envelope.
+
+        :returns: the message (``None`` for a duplicate) and warnings to show.
+        :raises CryptoError: the envelope cannot be accepted (shown as a warning by the caller).
+        """
+        header = Session.peek(payload)
+        if (
+            header.sender != sender
+            or header.recipient != self.user
+            or header.message_id != message_id
+            or header.backend.split(":")[0] != backend
+            or header.room != room
+        ):
+            raise CryptoError(
+                f"the relay's routing fields disagree with the envelope from {sender}"
+            )
+        warnings: list[str] = []
+        key = self._session_key(sender, header.backend)
+        blob = self.state.sessions.get(key)
+        session = None if blob is None else Session.from_bytes(blob, self._kem, clock=self.clock)
+        try:
+            if session is None:
+                raise SessionMismatch("no session")
+            _, plaintext = session.decrypt(payload)
+        except DuplicateMessage:
+            return None, warnings
+        except SessionMismatch:
+            if header.handshake is None:
+                raise CryptoError(f"no session with {sender} for this message") from None
+            bid = header.backend
+            session, _, plaintext, consumed = Session.respond(
+                payload, kem=self._kem(bid), identity=self.identity, local_user=self.user,
+                find_signed_prekey=self._find_signed(bid),
+                find_one_time_prekey=self._find_one_time(bid), clock=self.clock,
+            )  # fmt: skip
+            if consumed is not None:
+                self.state.prekeys.pop(f"otk:{bid}:{consumed}", None)
+            warning = self.observe_identity(sender, session.peer_identity)
+            if warning:
+                warnings.append(warning)
+        self.save_session(session)
+        if not self.keystore.remember(sender, message_id):
+            return None, warnings
+        missing = self._gap(sender, header)
+        text = decode_plaintext(plaintext)
+        return (
+            Received(sender, text, room, message_id, header.timestamp / 1000.0,
+                     self.is_verified(sender), missing),
+            warnings,
+        )  # fmt: skip
+
+    def _gap(self, peer: str, header: env.Header) -> int:
+        """Messages skipped in the peer's sending chain since the last one we saw."""
+        chains: dict[str, Any] = self.state.extra.setdefault("chains", {})
+        last = chains.get(peer)
+        missing = 0
+        if last is not None:
+            last_pub, last_n = last
+            if header.ratchet_pub == last_pub:
+                missing = max(0, header.n - last_n - 1)
+            else:
+                missing = max(0, header.pn - last_n - 1) + header.n
+        if last is None or header.ratchet_pub != last[0] or header.n > last[1]:
+            chains[peer] = [header.ratchet_pub, header.n]
+        return missing
+
+
+def _pack(record: bytes, pair: KeyPair) -> bytes:
+    return bytes(cbor2.dumps([record, pair.public, pair.private]))
+
+
+def _unpack(blob: bytes) -> tuple[bytes, KeyPair]:
+    record, public, private = cbor2.loads(blob)
+    return bytes(record), KeyPair(bytes(public), bytes(private))

@@ -55,6 +55,7 @@ E_NOT_A_MEMBER = "not-a-member"
 E_ROOM_FULL = "room-full"
 E_BAD_NAME = "bad-name"
 E_USER_EXISTS = "user-exists"
+E_NOT_ONLINE = "not-online"
 E_INTERNAL = "internal-error"
 # bye codes
 E_REPLACED = "replaced"

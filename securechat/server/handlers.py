@@ -1,0 +1,164 @@
+# -*- test-case-name: tests.server.test_protocol -*-
+"""Handlers of the requests a logged-in connection may send.
+
+Split from :mod:`securechat.server.protocol` to keep modules small. Each handler takes
+the factory (shared state), the caller's :class:`Session` and the decoded request, and
+returns the reply (or None when the request has none). Refusals are raised as
+:class:`RelayError` and become typed ``error`` replies in the protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from securechat import wire
+from securechat.server import admin, rooms
+from securechat.server.relay import Relay, RelayError, Session
+from securechat.server.store.interface import ROLE_ADMIN
+
+if TYPE_CHECKING:
+    from securechat.server.protocol import RelayFactory
+
+log = Logger(namespace="securechat.server.handlers")
+
+
+async def send(f: RelayFactory, session: Session, msg: wire.Send) -> wire.Message:
+    """Reply only once the accepted envelopes are committed."""
+    results = await f.relay.send(session, msg.items)
+    return wire.SendReply(id=msg.id, results=tuple(results))
+
+
+async def ack(f: RelayFactory, session: Session, msg: wire.Ack) -> None:
+    """Cumulative acknowledgement; no reply."""
+    await f.relay.ack(session, msg.up_to)
+
+
+async def publish_prekeys(
+    f: RelayFactory, session: Session, msg: wire.PublishPrekeys
+) -> wire.Message:
+    """Store this user's prekeys for one backend."""
+    n = await f.relay.publish_prekeys(session, msg)
+    return wire.PrekeysStored(id=msg.id, backend=msg.backend, one_time_count=n)
+
+
+async def fetch_bundle(f: RelayFactory, session: Session, msg: wire.FetchBundle) -> wire.Message:
+    """Someone's prekey bundle."""
+    bundle = await f.relay.fetch_bundle(session, msg.user, msg.backend)
+    return dataclasses.replace(bundle, id=msg.id)
+
+
+async def who(f: RelayFactory, session: Session, msg: wire.Who) -> wire.Message:
+    """Who is online, as far as policy lets this user see."""
+    return wire.Online(id=msg.id, users=tuple(f.relay.who(session)))
+
+
+async def contact_request(
+    f: RelayFactory, session: Session, msg: wire.ContactRequest
+) -> wire.Message:
+    """Ask for a contact."""
+    state = await rooms.request_contact(f.relay, session, msg.user)
+    return wire.ContactState(id=msg.id, user=msg.user, state=state)
+
+
+async def contact_accept(
+    f: RelayFactory, session: Session, msg: wire.ContactAccept
+) -> wire.Message:
+    """Accept a contact request."""
+    state = await rooms.accept_contact(f.relay, session, msg.user)
+    return wire.ContactState(id=msg.id, user=msg.user, state=state)
+
+
+async def contact_remove(
+    f: RelayFactory, session: Session, msg: wire.ContactRemove
+) -> wire.Message:
+    """Remove a contact."""
+    state = await rooms.remove_contact(f.relay, session, msg.user)
+    return wire.ContactState(id=msg.id, user=msg.user, state=state)
+
+
+async def contact_list(f: RelayFactory, session: Session, msg: wire.ContactList) -> wire.Message:
+    """List contacts and pending requests."""
+    found = await rooms.list_contacts(f.relay, session)
+    return wire.Contacts(id=msg.id, contacts=found)
+
+
+async def room_join(f: RelayFactory, session: Session, msg: wire.RoomJoin) -> wire.Message:
+    """Join a room."""
+    members = await rooms.join_room(f.relay, session, msg.room)
+    return wire.Room(id=msg.id, room=msg.room, members=members)
+
+
+async def room_leave(f: RelayFactory, session: Session, msg: wire.RoomLeave) -> wire.Message:
+    """Leave a room."""
+    await rooms.leave_room(f.relay, session, msg.room)
+    return wire.Ok(id=msg.id)
+
+
+async def room_members(f: RelayFactory, session: Session, msg: wire.RoomMembers) -> wire.Message:
+    """Members of a room this user is in."""
+    members = await rooms.room_members(f.relay, session, msg.room)
+    return wire.Room(id=msg.id, room=msg.room, members=members)
+
+
+def _admin(f: RelayFactory, session: Session, what: str) -> Relay:
+    if session.role != ROLE_ADMIN:
+        log.warn("{user} tried {what} without admin role", user=session.user, what=what)
+        raise RelayError(wire.E_NOT_PERMITTED, "administrators only")
+    return f.relay
+
+
+async def admin_list(f: RelayFactory, session: Session, msg: wire.AdminList) -> wire.Message:
+    """All users with their role and whether they are online."""
+    users = await admin.list_users(_admin(f, session, "admin_list"))
+    return wire.AdminUsers(id=msg.id, users=users)
+
+
+async def admin_add_user(f: RelayFactory, session: Session, msg: wire.AdminAddUser) -> wire.Message:
+    """Create an account."""
+    relay = _admin(f, session, "admin_add_user")
+    await admin.add_user(relay, f.run_in_thread, msg.user, msg.role, msg.password,
+                         f.hash_params)  # fmt: skip
+    log.info("{admin} added {user}", admin=session.user, user=msg.user)
+    return wire.Ok(id=msg.id)
+
+
+async def admin_remove_user(
+    f: RelayFactory, session: Session, msg: wire.AdminRemoveUser
+) -> wire.Message:
+    """Delete an account."""
+    await admin.remove_user(_admin(f, session, "admin_remove_user"), msg.user)
+    log.info("{admin} removed {user}", admin=session.user, user=msg.user)
+    return wire.Ok(id=msg.id)
+
+
+async def admin_kick(f: RelayFactory, session: Session, msg: wire.AdminKick) -> wire.Message:
+    """Disconnect a user."""
+    admin.kick(_admin(f, session, "admin_kick"), msg.user)
+    log.info("{admin} kicked {user}", admin=session.user, user=msg.user)
+    return wire.Ok(id=msg.id)
+
+
+_Handler = Callable[[Any, Session, Any], Coroutine[Any, Any, wire.Message | None]]
+#: ``type`` -> handler for logged-in requests.
+HANDLERS: dict[str, _Handler] = {
+    "send": send,
+    "ack": ack,
+    "publish_prekeys": publish_prekeys,
+    "fetch_bundle": fetch_bundle,
+    "who": who,
+    "contact_request": contact_request,
+    "contact_accept": contact_accept,
+    "contact_remove": contact_remove,
+    "contact_list": contact_list,
+    "room_join": room_join,
+    "room_leave": room_leave,
+    "room_members": room_members,
+    "admin_list": admin_list,
+    "admin_add_user": admin_add_user,
+    "admin_remove_user": admin_remove_user,
+    "admin_kick": admin_kick,
+}

@@ -1,0 +1,420 @@
+# -*- test-case-name: tests.server.test_relay -*-
+"""The relay: presence, routing, durable delivery. Pure logic, no sockets.
+
+The relay never parses an envelope. It knows who is online (one live :class:`Session`
+per user), applies policy to each envelope of a ``send`` (backend, size, contacts, rooms,
+rate), makes the accepted ones durable through :meth:`IStore.enqueue` and only then
+answers the sender and pushes them to the recipient. Envelopes are deleted only when the
+recipient acknowledges them (cumulatively, by per-recipient ``seq``).
+
+Front-ends (the CBOR protocol now, perhaps a WebSocket one later) talk to the relay
+through :class:`ISessionSink`, as magic-wormhole's transit relay does with
+``ITransitClient``; that keeps this module testable without transports.
+
+Delivery cursor. Each session has a ``cursor``: the highest ``seq`` pushed to it. At
+login the session *pumps*: it reads the stored backlog after the cursor in bounded
+batches. Envelopes committed meanwhile are not pushed directly but mark the session
+*dirty*, so the pump reads once more before it stops; once it has stopped, newly
+committed envelopes are pushed directly, skipping any ``seq`` at or below the cursor
+(the pump already read those). This relies on :meth:`IStore.enqueue` calls firing in the
+order of the ``seq`` they were given, which both stores guarantee (one writer, calls
+fired in commit order), and it gives no loss and no duplicate on one connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from zope.interface import Interface
+
+from securechat import wire
+from securechat.config import ServerConfig
+from securechat.errors import NoSuchUser, QueueFull, StoreError
+from securechat.server.ratelimit import SendLimiter
+from securechat.server.store.interface import (
+    CONTACT_ACCEPTED,
+    IStore,
+    NewEnvelope,
+    QueuedEnvelope,
+)
+
+#: Envelopes per ``deliver`` frame and per backlog read.
+DELIVER_BATCH = 256
+#: Push ``prekeys_low`` when fewer one-time prekeys than this are left.
+PREKEY_LOW_WATERMARK = 10
+#: Users whose existence the relay remembers, so a send does not hit the store per item.
+KNOWN_USERS_CACHE = 100_000
+
+
+class RelayError(Exception):
+    """A request was refused; ``code`` is an ``E_*`` string of :mod:`securechat.wire`."""
+
+    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+class ISessionSink(Interface):
+    """What the relay needs from one authenticated connection."""
+
+    def push(message: wire.Message) -> None:
+        """Send ``message`` to the peer (buffered by the connection, never blocking)."""
+
+    def close(code: str, reason: str) -> None:
+        """Tell the peer why (a ``bye``) and drop the connection."""
+
+    def when_writable() -> Deferred[None]:
+        """Fire once the connection accepts more output (at once if it does now)."""
+
+
+class Session:
+    """Relay-side state of one logged-in connection; small, since 10,000 may be idle."""
+
+    __slots__ = (
+        "closed",
+        "contacts",
+        "cursor",
+        "dirty",
+        "flush_call",
+        "outbox",
+        "pumping",
+        "role",
+        "sink",
+        "user",
+    )
+
+    def __init__(self, user: str, role: str, sink: Any) -> None:
+        self.user = user
+        self.role = role
+        self.sink = sink
+        self.cursor = 0
+        self.pumping = True
+        self.dirty = False
+        self.closed = False
+        self.outbox: list[QueuedEnvelope] = []
+        self.flush_call: IDelayedCall | None = None
+        #: Accepted contacts, kept current by the relay while the session lives.
+        self.contacts: set[str] = set()
+
+
+def deliver_item(env: QueuedEnvelope) -> wire.DeliverItem:
+    """The wire form of a stored envelope."""
+    return wire.DeliverItem(
+        env.seq, env.sender, env.backend, env.message_id, env.accepted_at, env.payload, env.room
+    )
+
+
+class Relay:
+    """Presence registry, policy and delivery for one relay process.
+
+    :param config: policy and limits.
+    :param store: durable state; all access is through its Deferreds.
+    :param clock: schedules the same-turn coalescing of ``deliver`` frames.
+    :param limiter: per-user send rate.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, config: ServerConfig, store: IStore, clock: IReactorTime, limiter: SendLimiter
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.limiter = limiter
+        self.sessions: dict[str, Session] = {}
+        self.contacts_only = config.policy.messaging == "contacts"
+        self._backends = frozenset(config.crypto.backends)
+        self._max_envelope = config.policy.max_envelope_bytes
+        self._known_users: set[str] = set()
+        #: room -> members; filled on first use, updated by every join and leave.
+        self.rooms: dict[str, set[str]] = {}
+
+    # -- sessions and presence ---------------------------------------------------------
+    async def login(self, user: str, role: str, sink: Any) -> Session:
+        """Register ``sink`` as ``user``'s live session, replacing an older one.
+
+        The older connection is told why and closed; delivery on the new one starts from
+        the oldest un-acknowledged envelope once :meth:`start` is called.
+        """
+        contacts = await self.store.list_contacts(user)
+        session = Session(user, role, sink)
+        session.contacts = {peer for peer, state in contacts if state == CONTACT_ACCEPTED}
+        old = self.sessions.get(user)
+        self.sessions[user] = session
+        self._known_users.add(user)
+        if old is not None:
+            self.log.info("session of {user} replaced by a new login", user=user)
+            self._end(old)
+            old.sink.close(wire.E_REPLACED, "logged in again from another connection")
+        else:
+            self._announce(session, True)
+        return session
+
+    def start(self, session: Session) -> None:
+        """Begin delivery (backlog first) and key-supply hints, after ``logged_in`` went out."""
+        self._pump(session)
+        for backend in self.config.crypto.backends:
+            self.store.count_one_time_prekeys(session.user, backend).addCallbacks(
+                self._maybe_low, self._log_failure, (session.user, backend), {}, ("prekey count",)
+            )
+
+    def logout(self, session: Session) -> None:
+        """The connection of ``session`` is gone; it stays gone even if a pump is running."""
+        if self.sessions.get(session.user) is not session:
+            session.closed = True
+            return
+        del self.sessions[session.user]
+        self._end(session)
+        self._announce(session, False)
+
+    def _end(self, session: Session) -> None:
+        session.closed = True
+        if session.flush_call is not None and session.flush_call.active():
+            session.flush_call.cancel()
+        session.flush_call = None
+        session.outbox = []
+
+    def _announce(self, session: Session, online: bool) -> None:
+        """Push a presence change to those allowed to see it."""
+        msg = wire.Presence(user=session.user, online=online)
+        for watcher in self._watchers(session):
+            watcher.sink.push(msg)
+
+    def _watchers(self, session: Session) -> Iterable[Session]:
+        if self.contacts_only:
+            return [s for c in session.contacts if (s := self.sessions.get(c)) is not None]
+        return [s for s in self.sessions.values() if s is not session]
+
+    def who(self, session: Session) -> list[str]:
+        """Online users ``session`` may see (its online contacts under ``contacts``)."""
+        if self.contacts_only:
+            names: Iterable[str] = (c for c in session.contacts if c in self.sessions)
+        else:
+            names = (u for u in self.sessions if u != session.user)
+        return sorted(names)[: wire.MAX_LIST]
+
+    def kick(self, user: str, code: str, reason: str) -> bool:
+        """Close ``user``'s live session, if any; True if there was one."""
+        session = self.sessions.get(user)
+        if session is None:
+            return False
+        self.logout(session)
+        session.sink.close(code, reason)
+        return True
+
+    def forget_user(self, user: str) -> None:
+        """Drop caches about a removed user."""
+        self._known_users.discard(user)
+        for members in self.rooms.values():
+            members.discard(user)
+        for s in self.sessions.values():
+            s.contacts.discard(user)
+
+    # -- delivery ------------------------------------------------------------------------
+    def _pump(self, session: Session) -> None:
+        def failed(failure: Any) -> None:
+            # Without its backlog the session would wait forever: make the client reconnect.
+            self._log_failure(failure, "backlog delivery")
+            if not session.closed:
+                self.kick(session.user, wire.E_INTERNAL, "delivery failed; please reconnect")
+
+        Deferred.fromCoroutine(self._drain(session)).addErrback(failed)
+
+    async def _drain(self, session: Session) -> None:
+        """Push the stored backlog in bounded batches, then switch to direct pushes."""
+        while not session.closed:
+            session.dirty = False
+            batch = await self.store.pending(session.user, session.cursor, DELIVER_BATCH)
+            if session.closed:
+                return
+            if batch:
+                session.cursor = batch[-1].seq
+                session.sink.push(wire.Deliver(items=tuple(map(deliver_item, batch))))
+                await session.sink.when_writable()
+            if len(batch) < DELIVER_BATCH and not session.dirty:
+                session.pumping = False
+                return
+
+    def _route(self, stored: list[QueuedEnvelope]) -> None:
+        """Hand freshly committed envelopes to their recipients' live sessions."""
+        for env in stored:
+            session = self.sessions.get(env.recipient)
+            if session is None:
+                continue
+            if session.pumping:
+                session.dirty = True
+            elif env.seq > session.cursor:
+                session.cursor = env.seq
+                session.outbox.append(env)
+                if session.flush_call is None:
+                    session.flush_call = self.clock.callLater(0, self._flush, session)
+
+    def _flush(self, session: Session) -> None:
+        """Send what one reactor turn committed for ``session`` in as few frames as possible."""
+        session.flush_call = None
+        out, session.outbox = session.outbox, []
+        for i in range(0, len(out), DELIVER_BATCH):
+            items = tuple(map(deliver_item, out[i : i + DELIVER_BATCH]))
+            session.sink.push(wire.Deliver(items=items))
+
+    def ack(self, session: Session, up_to: int) -> Deferred[int]:
+        """Delete ``session``'s envelopes up to ``up_to`` (never beyond what it was sent)."""
+        return self.store.acknowledge(session.user, min(up_to, session.cursor))
+
+    # -- sending -------------------------------------------------------------------------
+    async def send(self, session: Session, items: tuple[wire.SendItem, ...]) -> list[Any]:
+        """Check, store and route one ``send`` batch; one :class:`wire.SendResult` per item.
+
+        Answers only after the accepted envelopes are committed: accepted means durable.
+        """
+        results: list[Any] = [None] * len(items)
+        candidates: list[int] = []
+        sender = session.user
+        for i, item in enumerate(items):
+            code = await self._refusal(session, item)
+            if code is None:
+                candidates.append(i)
+            else:
+                results[i] = wire.SendResult(wire.STATUS_ERROR, code)
+        if candidates and not self.limiter.take(sender, len(candidates)):
+            granted = 0
+            while granted < len(candidates) and self.limiter.take(sender, 1):
+                granted += 1
+            wait = self.limiter.wait_time(sender, 1)
+            for i in candidates[granted:]:
+                results[i] = wire.SendResult(wire.STATUS_ERROR, wire.E_RATE_LIMITED, wait)
+            candidates = candidates[:granted]
+        while candidates:
+            envelopes = [
+                NewEnvelope(items[i].to, sender, items[i].backend, items[i].mid, items[i].room,
+                            items[i].payload)
+                for i in candidates
+            ]  # fmt: skip
+            try:
+                stored = await self.store.enqueue(envelopes)
+            except (QueueFull, NoSuchUser) as e:
+                # The whole call was refused: mark that recipient's items, retry the rest.
+                name = str(e.args[0]) if e.args else ""
+                code = wire.E_QUEUE_FULL if isinstance(e, QueueFull) else wire.E_NO_SUCH_USER
+                if isinstance(e, NoSuchUser):
+                    self._known_users.discard(name)
+                hit = [i for i in candidates if items[i].to == name] or candidates
+                for i in hit:
+                    results[i] = wire.SendResult(wire.STATUS_ERROR, code)
+                candidates = [i for i in candidates if i not in hit]
+                continue
+            online = self.sessions
+            for i, env in zip(candidates, stored, strict=True):
+                status = wire.STATUS_DELIVERED if env.recipient in online else wire.STATUS_QUEUED
+                results[i] = wire.SendResult(status)
+            self._route(stored)
+            break
+        return results
+
+    async def _refusal(self, session: Session, item: wire.SendItem) -> str | None:
+        """The per-item error code, or None if policy lets ``item`` through."""
+        if item.backend not in self._backends:
+            return wire.E_BACKEND_NOT_ALLOWED
+        if len(item.payload) > self._max_envelope:
+            return wire.E_TOO_LARGE
+        to = item.to
+        if to not in self._known_users:
+            if await self.store.get_user(to) is None:
+                return wire.E_NO_SUCH_USER
+            if len(self._known_users) >= KNOWN_USERS_CACHE:
+                self._known_users.clear()
+            self._known_users.add(to)
+        if item.room is not None:
+            members = await self.room_members(item.room)
+            if session.user not in members or to not in members:
+                return wire.E_NOT_A_MEMBER
+        elif self.contacts_only and to != session.user and not await self.may_contact(session, to):
+            return wire.E_NOT_PERMITTED
+        return None
+
+    async def may_contact(self, session: Session, peer: str) -> bool:
+        """Under ``contacts``: accepted contacts only (the store decides on a cache miss)."""
+        if peer in session.contacts:
+            return True
+        if await self.store.are_contacts(session.user, peer):
+            session.contacts.add(peer)
+            return True
+        return False
+
+    async def room_members(self, room: str) -> set[str]:
+        """Members of ``room``, from the cache or the store."""
+        members = self.rooms.get(room)
+        if members is None:
+            members = set(await self.store.room_members(room))
+            if members:
+                members = self.rooms.setdefault(room, members)
+        return members
+
+    # -- key directory -------------------------------------------------------------------
+    def check_backend(self, backend: str) -> None:
+        """Refuse backends the server does not allow."""
+        if backend not in self._backends:
+            raise RelayError(wire.E_BACKEND_NOT_ALLOWED, f"backend {backend!r} is not allowed")
+
+    async def publish_prekeys(self, session: Session, msg: wire.PublishPrekeys) -> int:
+        """Store the session's prekeys; returns the one-time prekeys now available."""
+        self.check_backend(msg.backend)
+        if msg.identity_key is not None:
+            await self.store.set_identity_key(session.user, msg.identity_key)
+        one_time = [(k.key_id, k.key) for k in msg.one_time]
+        return await self.store.publish_prekeys(
+            session.user, msg.backend, msg.signed_prekey, one_time
+        )
+
+    async def fetch_bundle(self, session: Session, user: str, backend: str) -> wire.Bundle:
+        """Hand out ``user``'s bundle (each one-time prekey once) and warn them when low."""
+        self.check_backend(backend)
+        if not self.limiter.take(session.user, 1):
+            raise RelayError(
+                wire.E_RATE_LIMITED, "too many requests", self.limiter.wait_time(session.user)
+            )
+        if await self.store.get_user(user) is None:
+            raise RelayError(wire.E_NO_SUCH_USER, "no such user")
+        if self.contacts_only and user != session.user and not await self._related(session, user):
+            raise RelayError(wire.E_NOT_PERMITTED, "not a contact and no common room")
+        bundle = await self.store.fetch_bundle(user, backend)
+        if bundle is None:
+            raise RelayError(wire.E_NO_BUNDLE, f"{user} has published no keys for {backend}")
+        if bundle.one_time_prekey is not None:
+            remaining = await self.store.count_one_time_prekeys(user, backend)
+            self._maybe_low(remaining, user, backend)
+        return wire.Bundle(
+            id=0,
+            user=bundle.user,
+            backend=bundle.backend,
+            identity_key=bundle.identity_key,
+            signed_prekey=bundle.signed_prekey,
+            one_time_id=bundle.one_time_prekey_id,
+            one_time_key=bundle.one_time_prekey,
+        )
+
+    async def _related(self, session: Session, peer: str) -> bool:
+        if await self.may_contact(session, peer):
+            return True
+        for room in await self.store.user_rooms(session.user):
+            if peer in await self.room_members(room):
+                return True
+        return False
+
+    def _maybe_low(self, remaining: int, user: str, backend: str) -> None:
+        owner = self.sessions.get(user)
+        if owner is not None and remaining < PREKEY_LOW_WATERMARK:
+            owner.sink.push(wire.PrekeysLow(backend=backend, remaining=remaining))
+
+    def _log_failure(self, failure: Any, what: str) -> None:
+        if failure.check(StoreError):
+            self.log.warn("{what} failed: {error}", what=what, error=failure.value)
+        else:
+            self.log.failure("{what} failed", failure, what=what)

@@ -1,0 +1,92 @@
+"""Admin commands (and their refusal for plain users) and the prekey directory."""
+
+from __future__ import annotations
+
+from securechat import wire
+from tests.server.harness import Harness, make_config
+
+
+def test_admin_commands() -> None:
+    """An admin lists users, adds one (who can log in), kicks and removes users."""
+    h = Harness()
+    root = h.online("root", role="admin")
+    b = h.online("bob")
+    users = root.reply(wire.AdminList(id=1), wire.AdminUsers).users
+    assert users == (wire.UserInfo("bob", "user", True), wire.UserInfo("root", "admin", True))
+    add = wire.AdminAddUser(id=2, user="erin", role="user", password="erin-initial-pw")
+    assert root.reply(add, wire.Ok).id == 2
+    assert root.error(add).code == wire.E_USER_EXISTS
+    assert root.error(wire.AdminAddUser(id=3, user="Bad Name", role="user")).code == (
+        wire.E_BAD_NAME
+    )
+    assert root.error(wire.AdminAddUser(id=4, user="zed", role="god")).code == wire.E_BAD_REQUEST
+    e = h.connect()
+    assert e.login("erin", "erin-initial-pw").role == "user"
+    assert root.reply(wire.AdminKick(id=5, user="bob"), wire.Ok).id == 5
+    assert [m.code for m in b.received() if isinstance(m, wire.Bye)] == [wire.E_KICKED]
+    assert b.transport.disconnecting and "bob" not in h.relay.sessions
+    assert root.error(wire.AdminKick(id=6, user="bob")).code == wire.E_NOT_ONLINE
+    assert root.reply(wire.AdminRemoveUser(id=7, user="erin"), wire.Ok).id == 7
+    assert [m.code for m in e.received() if isinstance(m, wire.Bye)] == [wire.E_REMOVED]
+    assert root.error(wire.AdminRemoveUser(id=8, user="erin")).code == wire.E_NO_SUCH_USER
+
+
+def test_admin_commands_refused_for_users() -> None:
+    """A plain user gets not-permitted for every admin command and nothing changes."""
+    h = Harness()
+    b = h.online("bob")
+    h.add_user("carol")
+    for msg in (
+        wire.AdminList(id=1), wire.AdminAddUser(id=2, user="x", role="admin"),
+        wire.AdminRemoveUser(id=3, user="carol"), wire.AdminKick(id=4, user="carol"),
+    ):  # fmt: skip
+        assert b.error(msg).code == wire.E_NOT_PERMITTED
+    assert sorted(h.store._users) == ["bob", "carol"]
+
+
+def test_one_time_prekey_is_handed_out_once_and_owner_warned() -> None:
+    """Each one-time prekey goes to one fetcher; the owner hears when few are left."""
+    h = Harness()
+    a, b = h.online("alice"), h.online("bob")
+    one_time = tuple(wire.OneTimePrekey(i, bytes([i]) * 32) for i in range(1, 12))
+    stored = a.reply(
+        wire.PublishPrekeys(id=1, backend="ecdh", signed_prekey=b"S" * 64, one_time=one_time,
+                            identity_key=b"I" * 32),
+        wire.PrekeysStored,
+    )  # fmt: skip
+    assert stored.one_time_count == 11
+    seen = []
+    for n in range(12):
+        bundle = b.reply(wire.FetchBundle(id=10 + n, user="alice", backend="ecdh"), wire.Bundle)
+        assert (bundle.identity_key, bundle.signed_prekey) == (b"I" * 32, b"S" * 64)
+        seen.append(bundle.one_time_id)
+    assert seen == [*range(1, 12), None]
+    lows = [m for m in a.received() if isinstance(m, wire.PrekeysLow)]
+    assert lows[0] == wire.PrekeysLow(backend="ecdh", remaining=9)
+    assert lows[-1].remaining == 0
+
+
+def test_prekey_backend_checks_and_missing_bundle() -> None:
+    """Disallowed backends and unknown users are refused; no keys is no-bundle."""
+    h = Harness(make_config(crypto={"backends": ["ecdh"]}))
+    a = h.online("alice")
+    h.add_user("bob")
+    pub = wire.PublishPrekeys(id=1, backend="rsa", one_time=())
+    assert a.error(pub).code == wire.E_BACKEND_NOT_ALLOWED
+    assert a.error(wire.FetchBundle(id=2, user="bob", backend="rsa")).code == (
+        wire.E_BACKEND_NOT_ALLOWED
+    )
+    assert a.error(wire.FetchBundle(id=3, user="ghost", backend="ecdh")).code == (
+        wire.E_NO_SUCH_USER
+    )
+    assert a.error(wire.FetchBundle(id=4, user="bob", backend="ecdh")).code == wire.E_NO_BUNDLE
+
+
+def test_login_warns_about_missing_one_time_prekeys() -> None:
+    """At login, a user with few one-time prekeys for an allowed backend is told."""
+    h = Harness(make_config(crypto={"backends": ["ecdh"], "default_backend": "ecdh"}))
+    h.add_user("alice")
+    c = h.connect()
+    c.login("alice")
+    h.clock.advance(0)
+    assert wire.PrekeysLow(backend="ecdh", remaining=0) in c.received()

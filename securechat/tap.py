@@ -1,8 +1,8 @@
 """``twistd -n securechat --config FILE``: command-line options and service wiring only.
 
 twistd has no API for an exit status, so a failure while services start (before the reactor
-runs) raises ``SystemExit`` with one line, and a later one (the store opens on a thread) logs
-one line, stops the reactor and exits with 1 after twistd's own cleanup.
+runs) logs one line and raises ``SystemExit(1)``, and a later one (the store opens on a
+thread) logs one line, stops the reactor and exits with 1 after twistd's own cleanup.
 """
 
 import atexit
@@ -17,21 +17,22 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
 from securechat.config import ServerConfig, load_config
 from securechat.errors import ConfigError
+from securechat.server.protocol import build_factory
 from securechat.server.store.interface import IStore
+from securechat.server.store.sqlite import SQLiteStore
 from securechat.tls import ensure_tls_material, server_tls_options
 
 #: Seconds between sweeps for envelopes past ``[store] queue_ttl`` (TTLs are days long).
 EXPIRE_INTERVAL = 300.0
 Reactor = Any  # IReactorSSL + IReactorTime + IReactorCore: no single Twisted type says that
-FactoryBuilder = Callable[[ServerConfig, IStore, Reactor], ServerFactory]
+FactoryBuilder = Callable[[ServerConfig, IStore, Reactor], IProtocolFactory]
 
 
 class Options(usage.Options):
@@ -49,43 +50,32 @@ class Options(usage.Options):
             raise usage.UsageError(str(err)) from None
 
 
-def _hard_exit(code: int) -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def exit_after_shutdown(reactor: Reactor, code: int) -> None:
-    """Stop the reactor; exit with ``code`` at interpreter exit, after twistd's cleanup."""
-    atexit.register(_hard_exit, code)
-    reactor.callWhenRunning(reactor.stop)
-
-
 class RelayService(MultiService):
     """TLS material, listener, then store and expiry timer; stopped in reverse order."""
 
     log = Logger()
 
     def __init__(
-        self,
-        config: ServerConfig,
-        reactor: Reactor,
-        store: IStore,
-        build_factory: FactoryBuilder,
-        exit_process: Callable[[int], None] | None = None,
+        self, config: ServerConfig, reactor: Reactor, store: IStore, build_factory: FactoryBuilder
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._config, self._reactor, self._store = config, reactor, store
         self._build_factory = build_factory
-        self._exit_process = exit_process or (lambda code: exit_after_shutdown(reactor, code))
         self._listener: StreamServerEndpointService | None = None
         self._timer = TimerService(EXPIRE_INTERVAL, self._expire)  # type: ignore[no-untyped-call]
         self._timer.clock = reactor
         self.port: IListeningPort | None = None
 
+    def exit_process(self, code: int) -> None:
+        """Stop the reactor; exit with ``code`` at interpreter exit, after twistd's cleanup."""
+        atexit.register(os._exit, code)  # atexit runs last-in first-out: flush, then exit
+        atexit.register(sys.stderr.flush)
+        atexit.register(sys.stdout.flush)
+        self._reactor.callWhenRunning(self._reactor.stop)
+
     def _fail_now(self, message: str) -> NoReturn:
         self.log.critical("{message}", message=message)
-        raise SystemExit(message)
+        raise SystemExit(1)  # twistd's stderr goes to the log too: one line, not two
 
     def _start_listener(self, start: Callable[[], None]) -> None:
         """Build the listener once (it needs the TLS files), then run ``start``."""
@@ -134,16 +124,13 @@ class RelayService(MultiService):
     def _store_failed(self, failure: Failure) -> None:
         path, error = str(self._config.store.path), failure.getErrorMessage()
         self.log.critical("cannot open the store {path}: {error}", path=path, error=error)
-        self._exit_process(1)
+        self.exit_process(1)
 
     def _expire(self) -> Deferred[None]:
         """Never fails (nor raises): a TimerService stops for good after one failure."""
-        d = maybeDeferred(self._store.expire, self._reactor.seconds()).addCallback(self._expired)
+        d: Deferred[Any] = maybeDeferred(self._store.expire, self._reactor.seconds())
+        d.addCallback(lambda n: self.log.info("expired {n} old envelopes", n=n) if n else None)
         return d.addErrback(lambda f: self.log.failure("expiring old envelopes failed", f))
-
-    def _expired(self, count: int) -> None:
-        if count:
-            self.log.info("expired {count} envelopes past their TTL", count=count)
 
     def stopService(self) -> Deferred[None]:
         """Stop the timer and the listener, then flush pending commits and close the store."""
@@ -153,9 +140,6 @@ class RelayService(MultiService):
 
 def makeService(options: Options, reactor: Reactor = None) -> MultiService:
     """twistd entry point: the production store and protocol factory."""
-    from securechat.server.protocol import build_factory
-    from securechat.server.store.sqlite import SQLiteStore
-
     if reactor is None:
         from twisted.internet import reactor
     cfg = options.server_config

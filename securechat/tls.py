@@ -299,7 +299,7 @@ def ensure_tls_material(
         _write(tls.ca_key, _key_pem(ca_key), 0o600)
         _write(tls.ca, _cert_pem(ca_cert), 0o644)
         log.info(
-            "TLS: created a private CA in {ca} (SHA-256 {fingerprint}); give clients --ca {ca}",
+            "TLS: created a private CA in {ca} (SHA-256 {fingerprint})",
             ca=str(tls.ca),
             fingerprint=ca_cert.fingerprint(hashes.SHA256()).hex(":"),
         )

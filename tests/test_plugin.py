@@ -7,13 +7,13 @@ An editable install in setuptools' default (PEP 660 "lenient") mode hides
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 from twisted.application.service import IServiceMaker
 from twisted.plugin import IPlugin, getPlugins
 
 from securechat import tap
+from tests.e2e.daemon import twistd_command
 
 
 def test_get_plugins_finds_securechat() -> None:
@@ -27,15 +27,10 @@ def test_get_plugins_finds_securechat() -> None:
     assert maker.makeService is tap.makeService
 
 
-def _twistd() -> list[str]:
-    script = Path(sys.executable).with_name("twistd")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "twisted.scripts.twistd"]
-
-
 def test_twistd_help_lists_securechat(tmp_path: Path) -> None:
     """The real twistd (a fresh interpreter, run outside the source tree) lists the plugin."""
     result = subprocess.run(
-        [*_twistd(), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        [*twistd_command(), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     lines = [line.split() for line in result.stdout.splitlines()]
@@ -45,7 +40,7 @@ def test_twistd_help_lists_securechat(tmp_path: Path) -> None:
 def test_twistd_securechat_help(tmp_path: Path) -> None:
     """``twistd securechat --help`` shows the --config option of tap.Options."""
     result = subprocess.run(
-        [*_twistd(), "securechat", "--help"],
+        [*twistd_command(), "securechat", "--help"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -70,7 +70,8 @@ def make(
 ) -> tuple[tap.RelayService, RecordingStore, Built, list[int], Any]:
     reactor = reactor if reactor is not None else MemoryReactorClock()
     store, built, exits = RecordingStore(MemoryReactorClock()), Built(), []
-    svc = tap.RelayService(config, reactor, store, built, exit_process=exits.append)
+    svc = tap.RelayService(config, reactor, store, built)
+    svc.exit_process = exits.append  # type: ignore[method-assign]  # not this test process
     return svc, store, built, exits, reactor
 
 
@@ -160,9 +161,10 @@ def test_bind_failure_exits(config: ServerConfig) -> None:
     """An address in use stops start-up with one line instead of running without a port."""
     reactor = RaisingMemoryReactor(listenException=CannotListenError("127.0.0.1", 8555, "busy"))
     svc, *_ = make(config, reactor)
-    with pytest.raises(SystemExit) as info:
+    with capturedLogs() as events, pytest.raises(SystemExit) as info:
         svc.privilegedStartService()
-    assert "8555" in str(info.value.code) and "busy" in str(info.value.code)
+    assert info.value.code == 1
+    assert messages(events)[-1] == "cannot listen on 127.0.0.1:8555: busy"
 
 
 @pytest_twisted.ensureDeferred
@@ -172,9 +174,10 @@ async def test_real_bind_failure_exits(write_config: ConfigWriter, reactor: Any)
     try:
         cfg = load_config(write_config({"server": {"port": taken.getHost().port}}))
         svc, store, *_ = make(cfg, reactor)
-        with pytest.raises(SystemExit, match=str(taken.getHost().port)):
+        with capturedLogs() as events, pytest.raises(SystemExit, match="1"):
             svc.privilegedStartService()
         assert store.events == []
+        assert f"127.0.0.1:{taken.getHost().port}" in messages(events)[-1]
     finally:
         await taken.stopListening()
 
@@ -183,9 +186,11 @@ def test_missing_tls_files_exit_naming_the_key(write_config: ConfigWriter) -> No
     """With auto_generate off and no certificate, start-up stops with the config key."""
     cfg = load_config(write_config({"tls": {"auto_generate": False}}))
     svc, *_rest, reactor = make(cfg)
-    with pytest.raises(SystemExit, match=r"\[tls\] cert"):
+    with capturedLogs() as events, pytest.raises(SystemExit, match="1"):
         svc.startService()
     assert reactor.sslServers == []
+    [critical] = [e for e in events if e["log_level"].name == "critical"]
+    assert "[tls] cert" in messages([critical])[0]
 
 
 def test_store_failure_exits_non_zero(config: ServerConfig) -> None:

@@ -9,7 +9,6 @@ wants to drop a bad envelope catches one class. The docstrings are user-facing s
 
 # The class names are the protocol's vocabulary (fixed by the design); an "Error" suffix on
 # each would only add noise, so pep8-naming's N818 is off for this file.
-# ruff: noqa: N818
 
 from __future__ import annotations
 

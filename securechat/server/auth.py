@@ -1,4 +1,4 @@
-# ruff: noqa: N818 - exception names follow securechat.errors (UserExists, QueueFull)
+
 # -*- test-case-name: tests.server.test_auth -*-
 """Authentication for the relay: ``twisted.cred`` checkers, the realm, registration rules.
 

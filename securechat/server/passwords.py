@@ -51,7 +51,7 @@ HASH_BYTES = 32
 ARGON2_VERSION = 19
 
 
-class UnsupportedHash(ValueError):  # noqa: N818 - named like securechat.errors classes
+class UnsupportedHash(ValueError):
     """The stored password hash is malformed or its parameters are outside safe bounds."""
 
 

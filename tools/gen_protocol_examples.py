@@ -9,10 +9,12 @@ Run with ``--write`` to update ``docs/protocol.md`` in place.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
-from securechat import wire
+from securechat import wire, wirecodec
+from securechat.wiremessages import _DECODERS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 BEGIN = "<!-- examples:begin -->"
@@ -96,12 +98,49 @@ def examples() -> list[wire.Message]:
     return sample
 
 
+_C = wirecodec
+#: How each field check reads in the documentation.
+FIELD_TYPES = {
+    _C.ID: "uint (0 to 2^63-1)",
+    _C.COUNT: "uint (0 to 2^32-1)",
+    _C.NAME: f"text, 1 to {_C.MAX_NAME} chars",
+    _C.TEXT: f"text, at most {_C.MAX_TEXT} chars",
+    _C.SECRET: f"text, 1 to {_C.MAX_TEXT} chars",
+    _C.KEY: f"bytes, at most {_C.MAX_KEY}",
+    _C.NONCE: f"bytes, exactly {_C.LOGIN_NONCE_BYTES}",
+    _C.CHALLENGE: f"bytes, exactly {_C.POW_CHALLENGE_BYTES}",
+    _C.BOOL: "bool",
+    _C.FLOAT: "number >= 0 (float or uint)",
+    _C.NAMES: f"array of names (at most {_C.MAX_LIST})",
+    _C.ONE_TIME: f"array (at most {_C.MAX_ONE_TIME}) of one-time prekey maps",
+    _C.CONTACTS: f"array (at most {_C.MAX_LIST}) of contact maps",
+    _C.USERS: f"array (at most {_C.MAX_LIST}) of user maps",
+    _C.SEND_ITEMS: f"array (at most {_C.MAX_BATCH}) of send items",
+    _C.DELIVER_ITEMS: f"array (at most {_C.MAX_BATCH}) of deliver items",
+    _C.RESULTS: f"array (at most {_C.MAX_BATCH}) of send results",
+}
+
+
+def field_table(kind: str) -> list[str]:
+    """A markdown table of the fields of message type ``kind``."""
+    _, spec = _DECODERS[kind]
+    rows = ["| field | type | |", "|---|---|---|", f'| `type` | text `"{kind}"` | required |']
+    for name, check, optional in spec:
+        need = "optional" if optional else "required"
+        rows.append(f"| `{name}` | {FIELD_TYPES[check]} | {need} |")
+    return rows
+
+
 def render() -> str:
-    """The markdown section: each example as its fields and its frame in hex."""
+    """The markdown section: each type's docstring, field table, and example frame in hex."""
     out = [BEGIN, ""]
     for msg in examples():
         frame = wire.encode_frame(msg)
         out.append(f"#### `{msg.TYPE}`")
+        out.append("")
+        out.append(re.sub(r":\w+:`([^`]+)`", r"`\1`", (type(msg).__doc__ or "").strip()))
+        out.append("")
+        out.extend(field_table(msg.TYPE))
         out.append("")
         out.append("```")
         out.append(repr(msg))

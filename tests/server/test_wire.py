@@ -186,3 +186,16 @@ def test_arbitrary_bytes_never_escape_as_other_errors(data: bytes) -> None:
         }  # fmt: skip
     else:
         assert isinstance(msg, wire.Message)
+
+
+def test_protocol_doc_examples_decode_and_are_current() -> None:
+    """docs/protocol.md holds exactly the generated reference, and its frames decode."""
+    from tools.gen_protocol_examples import DOC, extract, render
+
+    text = DOC.read_text(encoding="utf-8")
+    assert render() in text, "run: python tools/gen_protocol_examples.py --write"
+    frames = extract(text)
+    assert len(frames) == len(wire.MESSAGE_TYPES)
+    for frame, expected in zip(frames, examples(), strict=True):
+        assert struct.unpack(">I", frame[:4])[0] == len(frame) - 4
+        assert wire.decode(frame[4:]) == expected

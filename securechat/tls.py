@@ -95,17 +95,9 @@ def _builder(
 
 
 def _usage(*, signature: bool = False, cert_sign: bool = False) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=signature,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    # Positional: digital_signature, content_commitment, key_encipherment, data_encipherment,
+    # key_agreement, key_cert_sign, crl_sign, encipher_only, decipher_only.
+    return x509.KeyUsage(signature, False, False, False, False, cert_sign, cert_sign, False, False)
 
 
 def _make_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -305,14 +297,13 @@ def ensure_tls_material(
         )
     else:
         ca_cert, ca_key = load_ca(tls)
-    if have_leaf and not _leaf_is_stale(
-        _load_chain(tls.cert, "[tls] cert")[0], tls, renew_within_days
+    current = _load_chain(tls.cert, "[tls] cert")[0] if have_leaf else None
+    # Only leaves this CA issued are renewed; an operator's own certificate is left alone.
+    if current is not None and (
+        current.issuer != ca_cert.subject or not _leaf_is_stale(current, tls, renew_within_days)
     ):
-        log.info(
-            "TLS: using {cert}; clients verify it with --ca {ca}",
-            cert=str(tls.cert),
-            ca=str(tls.ca),
-        )
+        cert, ca = str(tls.cert), str(tls.ca)  # strings, so JSON log observers keep them
+        log.info("TLS: using {cert}; clients verify with --ca {ca}", cert=cert, ca=ca)
         return
     _issue_leaf(tls, ca_cert, ca_key, log)
     log.info("TLS: give clients --ca {ca}", ca=str(tls.ca))

@@ -142,6 +142,16 @@ def test_changed_hostnames_reissue_the_leaf(material: TLSSection) -> None:
     assert "chat.example" in san.get_values_for_type(x509.DNSName)
 
 
+def test_foreign_leaf_is_not_replaced(material: TLSSection, tmp_path: Path) -> None:
+    """An operator's certificate from another CA is used as is, never re-issued over."""
+    other = section(tmp_path / "other")
+    ensure_tls_material(other, LOG)
+    foreign = replace(material, cert=other.cert, key=other.key, hostnames=("elsewhere",))
+    before = foreign.cert.read_bytes()
+    ensure_tls_material(foreign, LOG, renew_within_days=100)
+    assert foreign.cert.read_bytes() == before
+
+
 def test_missing_files_without_auto_generate_name_the_key(tmp_path: Path) -> None:
     """With auto_generate off, nothing is created and the error names the config key."""
     tls = section(tmp_path, auto_generate=False)

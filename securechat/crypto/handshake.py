@@ -48,6 +48,7 @@ from securechat.crypto.errors import (
     BadTranscriptSignature,
     ExpiredPrekey,
     MalformedHandshake,
+    MalformedPrekey,
     UnknownPrekey,
 )
 from securechat.crypto.identity import IdentityKeyPair, SignatureError, verify
@@ -215,14 +216,17 @@ def initiate(
         :meth:`SignedPrekey.verify`; :class:`MalformedPrekey` for an unparsable blob.
     """
     spk = SignedPrekey.from_bytes(signed_prekey)
-    spk.verify(peer_identity, kem, now)
+    spk.verify(peer_identity, kem, now, check_key=False)
     opk = None
     if one_time_prekey is not None:
         opk = OneTimePrekey.from_bytes(one_time_prekey)
-        opk.verify(kem)
+        check_backend(opk.backend, kem)
+    try:  # encapsulation validates each public key (the IKem contract)
+        ss_spk, spk_ct = kem.encapsulate(spk.public)
+        ss_opk, opk_ct = kem.encapsulate(opk.public) if opk is not None else (None, None)
+    except KemError as exc:
+        raise MalformedPrekey(f"prekey public key refused: {exc}") from None
     keypair = ratchet_keypair or kem.generate_keypair()
-    ss_spk, spk_ct = kem.encapsulate(spk.public)
-    ss_opk, opk_ct = kem.encapsulate(opk.public) if opk is not None else (None, None)
     unsigned = HandshakeMessage(
         backend=backend_id(kem),
         initiator_identity=identity.public_bytes(),

@@ -115,8 +115,14 @@ class SignedPrekey:
             raise MalformedPrekey("prekey signature must be 64 bytes")
         return cls(obj["id"], obj["be"], obj["pub"], obj["exp"], obj["sig"])
 
-    def verify(self, identity_public: bytes, kem: IKem, now: float) -> None:
+    def verify(
+        self, identity_public: bytes, kem: IKem, now: float, *, check_key: bool = True
+    ) -> None:
         """Check signature, backend, expiry and key, in that order (X3DH section 3.3).
+
+        ``check_key=False`` skips the key check for a caller that encapsulates to the key at
+        once: every backend's ``encapsulate`` validates the key itself (for X25519 a separate
+        check costs a whole extra exchange).
 
         :raises BadPrekeySignature: not signed by ``identity_public`` (the pinned key).
         :raises BackendMismatch: signed for another backend than ``kem``.
@@ -132,7 +138,8 @@ class SignedPrekey:
         check_backend(self.backend, kem)
         if now >= self.expires:
             raise ExpiredPrekey(f"signed prekey {self.key_id} expired at {self.expires}")
-        check_public(self.public, kem)
+        if check_key:
+            check_public(self.public, kem)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,6 @@ adds login throttling (:mod:`securechat.server.ratelimit`) before any expensive 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +32,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials, IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
@@ -42,109 +41,55 @@ from zope.interface import Attribute, Interface, implementer
 
 from securechat import wire
 from securechat.config import ServerConfig
-from securechat.errors import SecureChatError, UserExists
+from securechat.server.autherrors import (
+    AuthError,
+    BadCredentials,
+    BadProofOfWork,
+    InvalidIdentityKey,
+    InvalidUsername,
+    MethodNotAllowed,
+    NameTaken,
+    NoUsableCredential,
+    RegistrationClosed,
+    RegistrationError,
+    Throttled,
+    WeakPassword,
+)
 from securechat.server.passwords import (
     DEFAULT_PARAMS,
     HashParams,
     ThreadRunner,
     UnsupportedHash,
     dummy_hash,
-    hash_password,
     verify_password,
 )
 from securechat.server.ratelimit import LoginThrottle
-from securechat.server.store.interface import ROLE_USER, IStore, UserRecord
+from securechat.server.registration import (
+    IDENTITY_KEY_BYTES,
+    MAX_PASSWORD_CHARS,
+    MIN_PASSWORD_CHARS,
+    ROOM_RE,
+    USERNAME_RE,
+    register_user,
+    valid_room_name,
+    valid_username,
+)
+from securechat.server.store.interface import IStore
 
-#: User names: lower case, so two accounts never differ only by case; no ``#``, which
-#: starts room names, and no ``@``/space, so names are safe in commands and logs.
-USERNAME_RE = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,31}", re.ASCII)
-#: Room names: ``#`` followed by the same characters as a user name.
-ROOM_RE = re.compile(r"#[a-z0-9_][a-z0-9_.-]{0,31}", re.ASCII)
-MIN_PASSWORD_CHARS = 8  # NIST SP 800-63B section 5.1.1.2: at least 8 characters
-MAX_PASSWORD_CHARS = 1024  # bounds the hashing input; long passphrases still fit
-IDENTITY_KEY_BYTES = 32  # raw Ed25519 public key, RFC 8032 section 5.1.5
-POW_CHALLENGE_MIN_BYTES = 16
-POW_SOLUTION_MAX_BYTES = 64
+#: Re-exported so callers import every auth name from this module.
+__all__ = [
+    "IDENTITY_KEY_BYTES", "MAX_PASSWORD_CHARS", "MIN_PASSWORD_CHARS", "ROOM_RE", "USERNAME_RE",
+    "Account", "AccountRealm", "AuthError", "AuthService", "BadCredentials", "BadProofOfWork",
+    "CertificateCredentials", "IAccount", "InvalidIdentityKey", "InvalidUsername",
+    "MethodNotAllowed", "NameTaken", "NoUsableCredential", "PublicKeyCredentials",
+    "RegistrationClosed", "RegistrationError", "Throttled", "WeakPassword", "make_portal",
+    "register_user", "valid_room_name", "valid_username",
+]
+
 #: Used publickey nonces remembered to refuse replays (32 bytes each).
 NONCE_CACHE_SIZE = 65_536
 #: Extra delay before a failed login is answered: uniform failure timing, slower guessing.
 DEFAULT_FAILURE_DELAY = 0.25
-
-
-class AuthError(SecureChatError):
-    """The server refused the request."""
-
-    code = "auth-error"
-
-
-class BadCredentials(AuthError, UnauthorizedLogin):
-    """Unknown user or wrong credentials."""
-
-    code = "bad-credentials"
-
-
-class MethodNotAllowed(AuthError):
-    """This login method is not enabled on this server."""
-
-    code = "method-not-allowed"
-
-
-class Throttled(AuthError):
-    """Too many failed logins; try again later."""
-
-    code = "throttled"
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(retry_after)
-        self.retry_after = retry_after
-
-
-class RegistrationError(AuthError):
-    """Registration was refused."""
-
-    code = "registration-refused"
-
-
-class RegistrationClosed(RegistrationError):
-    """This server does not accept new registrations."""
-
-    code = "registration-closed"
-
-
-class InvalidUsername(RegistrationError):
-    """User names are 1 to 32 characters: lower-case letters, digits, '_', '.', '-'."""
-
-    code = "invalid-username"
-
-
-class WeakPassword(RegistrationError):
-    """Passwords must have 8 to 1024 characters and differ from the user name."""
-
-    code = "weak-password"
-
-
-class InvalidIdentityKey(RegistrationError):
-    """The identity key must be a 32-byte Ed25519 public key."""
-
-    code = "invalid-identity-key"
-
-
-class NoUsableCredential(RegistrationError):
-    """Give a password or an identity key for a login method this server enables."""
-
-    code = "no-usable-credential"
-
-
-class BadProofOfWork(RegistrationError):
-    """The proof of work is missing or wrong."""
-
-    code = "bad-proof-of-work"
-
-
-class NameTaken(RegistrationError):
-    """That user name is taken."""
-
-    code = "name-taken"
 
 
 class IAccount(Interface):
@@ -195,16 +140,6 @@ class CertificateCredentials:
     """ICertificateLogin. ``common_name`` must come from a certificate TLS verified."""
 
     common_name: str
-
-
-def valid_username(name: str) -> bool:
-    """True if ``name`` is a well-formed user name (:data:`USERNAME_RE`)."""
-    return USERNAME_RE.fullmatch(name) is not None
-
-
-def valid_room_name(name: str) -> bool:
-    """True if ``name`` is a well-formed room name (:data:`ROOM_RE`)."""
-    return ROOM_RE.fullmatch(name) is not None
 
 
 class NonceCache:
@@ -381,99 +316,6 @@ def make_portal(
     dummy = dummy_hash(config.auth.password_hash, params)
     checkers = [CHECKER_FACTORIES[m](store, run_in_thread, dummy) for m in config.auth.methods]
     return Portal(AccountRealm(store), checkers)
-
-
-def _check_registration(
-    cfg: ServerConfig,
-    name: str,
-    password: str | None,
-    identity_key: bytes | None,
-    pow_challenge: bytes,
-    pow_solution: bytes,
-) -> None:
-    """The cheap registration rules, in the order a user would want to hear about them."""
-    auth = cfg.auth
-    if not auth.registration:
-        raise RegistrationClosed()
-    if not valid_username(name):
-        raise InvalidUsername()
-    if password is not None and (
-        not MIN_PASSWORD_CHARS <= len(password) <= MAX_PASSWORD_CHARS
-        or password.casefold() == name.casefold()
-    ):
-        raise WeakPassword()
-    if identity_key is not None:
-        try:
-            if len(identity_key) != IDENTITY_KEY_BYTES:
-                raise ValueError("length")
-            Ed25519PublicKey.from_public_bytes(identity_key)
-        except ValueError:
-            raise InvalidIdentityKey() from None
-    # A certificate is issued by the operator, out of band: it never makes a
-    # self-registered account usable, or anyone could squat names for certificate users.
-    usable = (password is not None and "password" in auth.methods) or (
-        identity_key is not None and "publickey" in auth.methods
-    )
-    if not usable:
-        raise NoUsableCredential()
-    if auth.registration_pow_bits > 0 and (
-        len(pow_challenge) < POW_CHALLENGE_MIN_BYTES
-        or len(pow_solution) > POW_SOLUTION_MAX_BYTES
-        or not wire.pow_valid(pow_challenge, name, pow_solution, auth.registration_pow_bits)
-    ):
-        raise BadProofOfWork()
-
-
-async def _register(
-    store: IStore,
-    cfg: ServerConfig,
-    name: str,
-    password: str | None,
-    identity_key: bytes | None,
-    run_in_thread: ThreadRunner,
-    params: HashParams,
-) -> UserRecord:
-    # Checked before hashing so that a taken name costs no hash; add_user re-checks.
-    if await store.get_user(name) is not None:
-        raise NameTaken()
-    stored = None
-    if password is not None:
-        stored = await run_in_thread(hash_password, password, cfg.auth.password_hash, params)
-    # The identity key is also the user's end-to-end identity in the key directory, so it
-    # is kept even when public-key login is not enabled.
-    try:
-        return await store.add_user(name, ROLE_USER, stored, identity_key)
-    except UserExists:
-        raise NameTaken() from None
-
-
-def register_user(
-    store: IStore,
-    cfg: ServerConfig,
-    name: str,
-    password: str | None,
-    identity_key: bytes | None,
-    pow_challenge: bytes,
-    pow_solution: bytes,
-    run_in_thread: ThreadRunner = deferToThread,
-    *,
-    params: HashParams = DEFAULT_PARAMS,
-) -> Deferred[UserRecord]:
-    """Create a self-registered account with role ``user``.
-
-    ``pow_challenge`` must be fresh random bytes the server issued on this connection
-    (at least 16), so that solutions cannot be computed in advance.
-
-    :returns: a Deferred firing with the new record, or failing with a
-        :class:`RegistrationError` subclass (each has a stable ``code``).
-    """
-    try:
-        _check_registration(cfg, name, password, identity_key, pow_challenge, pow_solution)
-    except RegistrationError as e:
-        return fail(e)
-    return Deferred.fromCoroutine(
-        _register(store, cfg, name, password, identity_key, run_in_thread, params)
-    )
 
 
 class AuthService:

@@ -116,6 +116,14 @@ async def collect(client: WireClient, count: int) -> list[wire.DeliverItem]:
     return items
 
 
+async def wait_presence(client: WireClient, user: str, online: bool) -> None:
+    """Read ``presence`` pushes until ``user`` is reported ``online`` (or not)."""
+    while True:
+        presence = await client.next_push(wire.Presence)
+        if (presence.user, presence.online) == (user, online):
+            return
+
+
 @pytest_twisted.ensureDeferred
 async def test_relay_survives_restart_and_crash(reactor: Any, write_config: ConfigWriter) -> None:
     """Register and log in three ways, relay online and offline, restart, kill -9.
@@ -168,6 +176,7 @@ async def test_relay_survives_restart_and_crash(reactor: Any, write_config: Conf
 
         # Offline: bob leaves, alice's envelopes are queued (accepted means durable).
         await bob.close()
+        await wait_presence(alice, "bob", online=False)  # the relay saw bob leave
         offline = [b"offline-%d" % i for i in range(3)]
         reply = await alice.send(*(item("bob", p) for p in offline))
         assert [r.status for r in reply.results] == [wire.STATUS_QUEUED] * 3
@@ -188,6 +197,7 @@ async def test_relay_survives_restart_and_crash(reactor: Any, write_config: Conf
         # Crash: kill -9 before bob acknowledges; nothing accepted may be lost.
         exit = await daemon.kill()
         assert exit.signal == 9
+        await bob.wait_lost()
         clients.clear()
         daemon = await start_daemon(reactor, config_path)
         assert daemon.port is not None
@@ -200,14 +210,17 @@ async def test_relay_survives_restart_and_crash(reactor: Any, write_config: Conf
         await bob.close()
         clients.clear()
 
-        # After the acknowledgement a restart delivers nothing.
+        # After the acknowledgement a restart delivers only what is new.
         assert_clean_shutdown(await daemon.stop())
         daemon = await start_daemon(reactor, config_path)
         assert daemon.port is not None
         bob = await key_user(daemon.port, ca, reactor, "bob", bob_key, register=False)
-        clients.append(bob)
-        await bob.request(wire.Ping(id=0), wire.Pong)
-        assert bob.pushes(wire.Deliver) == []
+        alice = await connect(reactor, daemon.port, ca)
+        clients += [bob, alice]
+        await alice.login_password("alice", PASSWORD)
+        await alice.send(item("bob", b"after-ack"))
+        [fresh] = await collect(bob, 1)
+        assert fresh.payload == b"after-ack" and fresh.seq > again[-1].seq
     finally:
         for c in clients:
             if c.lost_reason is None:

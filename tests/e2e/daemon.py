@@ -32,7 +32,7 @@ def twistd_command() -> list[str]:
     script = Path(sys.executable).with_name("twistd")
     if script.exists():
         return [sys.executable, str(script)]
-    return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; run()"]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def daemon_argv(config: Path) -> list[str]:

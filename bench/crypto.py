@@ -1,0 +1,212 @@
+"""End-to-end crypto costs next to the raw primitives they are made of.
+
+Run ``python -m bench.crypto``. For each backend it prints
+
+* the cost of a full handshake (``handshake.initiate`` + ``handshake.respond``; prekeys are
+  generated ahead, as clients do) next to the summed cost of the primitive operations the two
+  sides perform (2 Ed25519 verifies, 1 Ed25519 sign, 2 encapsulations, 2 decapsulations, 1
+  ratchet key generation, 1 ratchet-key validation), each measured raw with ``cryptography``;
+* then the cost of a ratchet encrypt + decrypt of 256 bytes through the Session API
+  (symmetric step, no new turn) next to one raw X25519 exchange.
+
+Targets: handshake <= 1.5x its primitives; symmetric step < one X25519 exchange. Timings are
+best-of-N with ``time.perf_counter`` and bounded loop counts, so a run takes well under a
+minute. For RSA the initiator's first ratchet key pair comes from a pre-generated pool (a
+client keeps a few ready, since RSA key generation takes 50-500 ms with a large variance), so
+neither column contains a key generation.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, x25519
+
+from securechat.crypto import handshake, prekeys
+from securechat.crypto.dh import silence_ffdh_deprecation
+from securechat.crypto.identity import IdentityKeyPair
+from securechat.crypto.kem import IKem, get_kem
+from securechat.crypto.session import Session
+
+NOW = 1_700_000_000.0
+BACKENDS: list[tuple[str, dict[str, Any]]] = [
+    ("ecdh", {"curve": "x25519"}),
+    ("ecdh", {"curve": "p256"}),
+    ("dh", {"group": "ffdhe2048"}),
+    ("dh", {"group": "ffdhe3072"}),
+    ("rsa", {"bits": 2048}),
+    ("rsa", {"bits": 3072}),
+]
+
+
+def best(fn: Callable[[], object], number: int, repeat: int = 5) -> float:
+    """Best average seconds per call over ``repeat`` runs of ``number`` calls."""
+    fn()
+    result = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        result = min(result, (time.perf_counter() - start) / number)
+    return result
+
+
+def _ed25519_ops(number: int) -> tuple[float, float]:
+    key = ed25519.Ed25519PrivateKey.generate()
+    public, data = key.public_key(), os.urandom(300)
+    signature = key.sign(data)
+    return best(lambda: key.sign(data), number), best(
+        lambda: public.verify(signature, data), number
+    )
+
+
+def _raw_kem_ops(name: str, params: dict[str, Any], number: int) -> dict[str, float]:
+    """Raw keygen / encapsulation / decapsulation / validation costs with ``cryptography``.
+
+    Encapsulation of a DH-style KEM is an ephemeral key generation plus an exchange;
+    decapsulation is an exchange plus deriving the recipient's public key, which DHKEM
+    (RFC 9180 section 4.1) hashes into the secret. RSA: OAEP encrypt / decrypt of 32 bytes.
+    """
+    if name == "ecdh" and params["curve"] == "x25519":
+        a, b = x25519.X25519PrivateKey.generate(), x25519.X25519PrivateKey.generate()
+        pub = b.public_key()
+        keygen = best(x25519.X25519PrivateKey.generate, number)
+        exchange = best(lambda: a.exchange(pub), number)
+        derive = best(a.public_key, number)
+        return {"keygen": keygen, "encaps": keygen + exchange, "decaps": exchange + derive,
+                "validate": keygen + exchange}  # fmt: skip
+    if name == "ecdh":
+        curve = ec.SECP256R1()
+        a = ec.generate_private_key(curve)
+        point = (
+            ec.generate_private_key(curve)
+            .public_key()
+            .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        )
+        peer = ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+        scalar = a.private_numbers().private_value
+        keygen = best(lambda: ec.generate_private_key(curve), number)
+        exchange = best(lambda: a.exchange(ec.ECDH(), peer), number)
+        load = best(lambda: ec.derive_private_key(scalar, curve), number)
+        validate = best(lambda: ec.EllipticCurvePublicKey.from_encoded_point(curve, point), number)
+        return {"keygen": keygen, "encaps": keygen + exchange, "decaps": load + exchange,
+                "validate": validate}  # fmt: skip
+    if name == "dh":
+        kem = get_kem(name, params)
+        with silence_ffdh_deprecation():
+            engine = kem._engine  # type: ignore[attr-defined]
+            a, b = engine.generate(), engine.generate()
+            peer = b.public_key()
+            keygen = best(engine.generate, number)
+            exchange = best(lambda: a.exchange(peer), number)
+        return {"keygen": keygen, "encaps": keygen + exchange, "decaps": exchange,
+                "validate": 0.0}  # fmt: skip
+    bits = params["bits"]
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    oaep = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
+    public = key.public_key()
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    wrapped = public.encrypt(os.urandom(32), oaep)
+    encrypt = best(lambda: public.encrypt(os.urandom(32), oaep), number)
+    decrypt = best(lambda: key.decrypt(wrapped, oaep), max(number // 4, 3))
+    validate = best(lambda: serialization.load_der_public_key(der), number)
+    return {"keygen": 0.0, "encaps": encrypt, "decaps": decrypt, "validate": validate}
+
+
+def _via_backend(kem: IKem, number: int) -> float:
+    """The same KEM operations as the handshake, called through the backend (keys as bytes).
+
+    The difference from the raw column is the backend's own cost of (de)serialising and
+    checking keys on every call; what remains above this column is the protocol layer.
+    """
+    pair = kem.generate_keypair()
+    _secret, enc = kem.encapsulate(pair.public)
+    ops: list[tuple[int, Callable[[], object]]] = [
+        (2, lambda: kem.encapsulate(pair.public)),
+        (2, lambda: kem.decapsulate(pair.private, enc)),
+        (1, lambda: kem.validate_public(pair.public)),
+    ]
+    if kem.rotates_every_turn:
+        ops.append((1, kem.generate_keypair))
+    return sum(count * best(op, number) for count, op in ops)
+
+
+def _handshake_cost(kem: IKem, number: int) -> float:
+    alice, bob = IdentityKeyPair.generate(), IdentityKeyPair.generate()
+    spk, spk_pair = prekeys.generate_signed_prekey(bob, kem, 1, NOW)
+    [(opk, opk_pair)] = prekeys.generate_one_time_prekeys(kem, 100, 1)
+    spk_blob, opk_blob, bob_public = spk.to_bytes(), opk.to_bytes(), bob.public_bytes()
+    pool = None if kem.rotates_every_turn else kem.generate_keypair()
+
+    def full() -> None:
+        result = handshake.initiate(kem, alice, bob_public, spk_blob, opk_blob, NOW, pool)
+        handshake.respond(
+            kem, bob, result.message_bytes, lambda i: (spk, spk_pair), lambda i: opk_pair, NOW
+        )
+
+    return best(full, number)
+
+
+def _ratchet_step_cost(number: int) -> float:
+    kem = get_kem("ecdh", {"curve": "x25519"})
+    alice_id, bob_id = IdentityKeyPair.generate(), IdentityKeyPair.generate()
+    spk, spk_pair = prekeys.generate_signed_prekey(bob_id, kem, 1, NOW)
+    alice = Session.initiate(
+        kem=kem, identity=alice_id, local_user="alice", peer_user="bob",
+        peer_identity=bob_id.public_bytes(), signed_prekey=spk.to_bytes(), clock=lambda: NOW,
+    )  # fmt: skip
+    bob, *_ = Session.respond(
+        alice.encrypt(b"hi"), kem=kem, identity=bob_id, local_user="bob",
+        find_signed_prekey=lambda i: (spk, spk_pair), find_one_time_prekey=lambda i: None,
+        clock=lambda: NOW,
+    )  # fmt: skip
+    alice.decrypt(bob.encrypt(b"turn"))
+    bob.decrypt(alice.encrypt(b"turn"))
+    plaintext = os.urandom(256)
+    return best(lambda: bob.decrypt(alice.encrypt(plaintext)), number, repeat=9)
+
+
+def main() -> None:
+    sign, verify = _ed25519_ops(2000)
+    print(
+        f"{'backend':<14}{'handshake':>11}{'primitives':>12}{'ratio':>7}   target <= 1.5"
+        f"   | KEM ops via backend   protocol layer"
+    )
+    for name, params in BACKENDS:
+        kem = get_kem(name, params)
+        slow = name != "ecdh"
+        number = 10 if slow else 300
+        raw = _raw_kem_ops(name, params, number)
+        primitives = (
+            2 * verify + sign + 2 * raw["encaps"] + 2 * raw["decaps"] + raw["keygen"]
+            + raw["validate"]
+        )  # fmt: skip
+        cost = _handshake_cost(kem, number)
+        via = _via_backend(kem, number)
+        label = f"{kem.name}:{kem.params}"
+        ratio = cost / primitives
+        protocol = cost - via - 2 * verify - sign
+        kem_raw = primitives - 2 * verify - sign
+        print(f"{label:<14}{cost * 1e3:>9.3f}ms{primitives * 1e3:>10.3f}ms{ratio:>7.2f}"
+              f"   {'ok  ' if ratio <= 1.5 else 'OVER'}"
+              f"            | {via * 1e3:>9.3f}ms ({via / kem_raw:.2f}x raw)"
+              f"   {protocol * 1e6:>7.0f}us")  # fmt: skip
+    exchange_key = x25519.X25519PrivateKey.generate()
+    peer = x25519.X25519PrivateKey.generate().public_key()
+    exchange = best(lambda: exchange_key.exchange(peer), 3000, repeat=9)
+    step = _ratchet_step_cost(3000)
+    print(
+        f"\nratchet encrypt+decrypt 256 B (no new turn): {step * 1e6:.1f} us; "
+        f"one X25519 exchange: {exchange * 1e6:.1f} us; ratio {step / exchange:.2f} "
+        f"(target < 1: {'ok' if step < exchange else 'OVER'})"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -62,6 +62,7 @@ class RelayService(MultiService):
         self._config, self._reactor, self._store = config, reactor, store
         self._build_factory = build_factory
         self._listener: StreamServerEndpointService | None = None
+        self._factory: IProtocolFactory | None = None
         self._timer = TimerService(EXPIRE_INTERVAL, self._expire)  # type: ignore[no-untyped-call]
         self._timer.clock = reactor
         self.port: IListeningPort | None = None
@@ -90,6 +91,7 @@ class RelayService(MultiService):
                 self._reactor, cfg.server.port, tls, interface=cfg.server.host
             )
             factory = self._build_factory(cfg, self._store, self._reactor)
+            self._factory = factory
             self._listener = StreamServerEndpointService(endpoint, factory)  # type: ignore[no-untyped-call]
             # Without this a failed bind is only logged and the daemon runs with no port.
             self._listener._raiseSynchronously = True
@@ -128,6 +130,10 @@ class RelayService(MultiService):
 
     def _expire(self) -> Deferred[None]:
         """Never fails (nor raises): a TimerService stops for good after one failure."""
+        housekeeping = getattr(self._factory, "housekeeping", None)
+        if housekeeping is not None:
+            with self.log.failuresHandled("pruning rate-limit tables"):
+                housekeeping()
         d: Deferred[Any] = maybeDeferred(self._store.expire, self._reactor.seconds())
         d.addCallback(lambda n: self.log.info("expired {n} old envelopes", n=n) if n else None)
         return d.addErrback(lambda f: self.log.failure("expiring old envelopes failed", f))

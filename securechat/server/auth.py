@@ -338,6 +338,10 @@ class AuthService:
         self._clock = clock
         self._failure_delay = failure_delay
 
+    def prune(self) -> int:
+        """Forget idle throttle buckets (called periodically by the daemon's timer)."""
+        return self._throttle.prune()
+
     def login_password(self, user: str, password: str, address: str) -> Deferred[Account]:
         """Log in with a password; ``address`` is the peer host, for throttling."""
         creds = UsernamePassword(

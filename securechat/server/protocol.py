@@ -425,6 +425,11 @@ class RelayFactory(ServerFactory[RelayProtocol]):
             max_room_members=config.policy.max_room_members,
         )
 
+    def housekeeping(self) -> None:
+        """Drop idle rate-limit and login-throttle buckets so their tables stay small."""
+        self.relay.limiter.prune()
+        self.auth.prune()
+
     def buildProtocol(self, addr: IAddress | None) -> RelayProtocol:
         """Factory API."""
         return RelayProtocol(self, self.connection_info)

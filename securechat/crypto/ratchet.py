@@ -5,22 +5,19 @@ its recommended functions: ``KDF_RK`` = HKDF-SHA256 (RFC 5869, salt = root key, 
 into new root key and chain key), ``KDF_CK`` = HMAC-SHA256 with input ``0x01`` (message-key
 seed) and ``0x02`` (next chain key), exactly as libsignal (its chain-key vector is a test).
 
-The KEM step (why it looks like this): in the DH ratchet each side's turn combines a fresh key
-pair of its own with the peer's latest ratchet public key. With a KEM the sender of a new turn
-*encapsulates* to the peer's latest ratchet public key, advances the root key with the
-resulting secret, and advertises a fresh ratchet public key of its own in the header together
-with the encapsulation. The receiver decapsulates with its ratchet private key and derives the
-same chain. Each side therefore injects fresh randomness on each of its turns, and each ratchet
-key pair is encapsulated to exactly once (a side only starts a turn after it has received a new
-chain from the peer, which always carries its newest key), so the private key can be replaced
-at the next turn.
+The KEM step (why it looks like this): where a DH ratchet turn combines a fresh key pair with
+the peer's latest ratchet public key, here the side starting a turn *encapsulates* to the peer's
+latest ratchet public key, feeds the secret to ``KDF_RK``, and sends the encapsulation with a
+fresh ratchet public key of its own; the peer decapsulates with its ratchet private key. So each
+side injects fresh randomness on each of its turns, and as a side only turns after receiving a
+new chain (which carries the peer's newest key), each key pair is encapsulated to exactly once
+and its private key is replaced at the owner's next turn.
 
-Backends whose key generation is slow (``rotates_every_turn`` is False: RSA) still encapsulate
-on every turn, which keeps per-turn fresh secrets, but only make a *new ratchet key pair* on a
-budget: at a turn after :data:`ROTATE_MESSAGES` messages sent with the current key pair or
-:data:`ROTATE_SECONDS` since it was made, whichever comes first. Until then a stolen ratchet
-private key lets an attacker who also holds the root key follow the turns encapsulated to it:
-post-compromise security is delayed to the next rotation (``docs/security.md``).
+For slow key generation (``rotates_every_turn`` False: RSA) every turn still encapsulates, but
+a *new key pair* is made only at a turn after :data:`ROTATE_MESSAGES` messages sent with the
+current one or :data:`ROTATE_SECONDS` since it was made, whichever comes first: until then a
+stolen ratchet private key (with the root key) lets an attacker follow the turns encapsulated
+to it, so post-compromise security waits for the next rotation (``docs/security.md``).
 
 Every header repeats the ratchet public key *and* the encapsulation that opened its chain
 (any message may be the first to arrive); a chain is named by a 16-byte digest of both.
@@ -40,16 +37,10 @@ from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 import cbor2
-from cryptography.hazmat.primitives import hashes, hmac
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from securechat.crypto.envelope import backend_id
-from securechat.crypto.errors import (
-    AuthenticationFailed,
-    DuplicateMessage,
-    MalformedState,
-    TooManySkipped,
-)
+from securechat.crypto import errors
+from securechat.crypto.header import backend_id
+from securechat.crypto.kdf import chain_id, kdf_ck, kdf_rk
 from securechat.crypto.kem import IKem, KemError, KeyPair
 
 __all__ = [
@@ -70,32 +61,7 @@ MAX_CHAINS: Final = 5
 MAX_RETIRED: Final = 40
 ROTATE_MESSAGES: Final = 50
 ROTATE_SECONDS: Final = 3600.0
-_RK_INFO: Final = b"securechat-v1 ratchet"
-_CHAIN_ID_LABEL: Final = b"securechat-v1 chain"
 _STATE_VERSION: Final = 1
-_SHA256 = hashes.SHA256()
-
-
-def kdf_rk(root_key: bytes, secret: bytes) -> tuple[bytes, bytes]:
-    """``KDF_RK``: HKDF-SHA256(salt = root key, IKM = KEM secret) -> (root key, chain key)."""
-    okm = HKDF(_SHA256, 64, root_key, _RK_INFO).derive(secret)
-    return okm[:32], okm[32:]
-
-
-def kdf_ck(chain_key: bytes) -> tuple[bytes, bytes]:
-    """``KDF_CK``: (HMAC(ck, 0x01) = message-key seed, HMAC(ck, 0x02) = next chain key)."""
-    mac = hmac.HMAC(chain_key, _SHA256)
-    other = mac.copy()
-    mac.update(b"\x01")
-    other.update(b"\x02")
-    return mac.finalize(), other.finalize()
-
-
-def chain_id(ratchet_pub: bytes, kem_ct: bytes) -> bytes:
-    """16-byte name of a receiving chain: SHA-256 over its length-prefixed header fields."""
-    digest = hashes.Hash(_SHA256)
-    digest.update(_CHAIN_ID_LABEL + len(ratchet_pub).to_bytes(4, "big") + ratchet_pub + kem_ct)
-    return digest.finalize()[:16]
 
 
 class RatchetHeader(NamedTuple):
@@ -146,7 +112,9 @@ class Pending:
 def _skip(cid: bytes, chain_key: bytes, start: int, until: int) -> tuple[bytes, list[Any]]:
     """Derive the keys of messages ``start..until-1`` (Double Ratchet ``SkipMessageKeys``)."""
     if until - start > MAX_SKIP:
-        raise TooManySkipped(f"{until - start} skipped messages exceed the limit of {MAX_SKIP}")
+        raise errors.TooManySkipped(
+            f"{until - start} skipped messages exceed the limit of {MAX_SKIP}"
+        )
     keys = []
     for n in range(start, until):
         message_key, chain_key = kdf_ck(chain_key)
@@ -245,7 +213,7 @@ class Ratchet:
     def decrypt_step(self, header: RatchetHeader) -> Pending:
         """Find or derive the key of a received message *without changing the state*.
 
-        :raises DuplicateMessage: the key was already used (or discarded).
+        :raises errors.DuplicateMessage: the key was already used (or discarded).
         :raises TooManySkipped: more than :data:`MAX_SKIP` messages would be skipped.
         :raises AuthenticationFailed: a new chain whose encapsulation or key is unusable.
         """
@@ -271,16 +239,20 @@ class Ratchet:
 
     def _new_chain(self, cid: bytes, header: RatchetHeader) -> Pending:
         if self.keypair is None or not header.kem_ct:
-            raise AuthenticationFailed("message opens a chain this session cannot have")
+            raise errors.AuthenticationFailed("message opens a chain this session cannot have")
         recv, add = self.recv, []
         for skipped in (header.pn - recv.n if recv is not None else 0, header.n):
             if skipped > MAX_SKIP:
-                raise TooManySkipped(f"{skipped} skipped messages exceed the limit {MAX_SKIP}")
+                raise errors.TooManySkipped(
+                    f"{skipped} skipped messages exceed the limit {MAX_SKIP}"
+                )
         try:
             self.kem.validate_public(header.ratchet_pub)
             secret = self.kem.decapsulate(self.keypair.private, header.kem_ct)
         except KemError as exc:
-            raise AuthenticationFailed(f"unusable ratchet key or encapsulation: {exc}") from None
+            raise errors.AuthenticationFailed(
+                f"unusable ratchet key or encapsulation: {exc}"
+            ) from None
         if recv is not None:
             add = _skip(recv.cid, recv.chain_key, recv.n, header.pn)[1]
         root_key, chain_key = kdf_rk(self.root_key, secret)
@@ -298,7 +270,7 @@ class Ratchet:
     def _skipped_key(self, cid: bytes, n: int) -> Pending:
         keys = self.skipped.get(cid)
         if keys is None or n not in keys:
-            raise DuplicateMessage("message key already used or discarded")
+            raise errors.DuplicateMessage("message key already used or discarded")
         return Pending(keys[n], used=(cid, n))
 
     def commit(self, pending: Pending) -> None:
@@ -368,7 +340,7 @@ class Ratchet:
         """
         try:
             if obj["v"] != _STATE_VERSION or obj["be"] != backend_id(kem):
-                raise MalformedState("ratchet state of another version or backend")
+                raise errors.MalformedState("ratchet state of another version or backend")
             state = cls(kem, _b(obj["rk"]), clock)
             if obj["kp"] is not None:
                 state.keypair = KeyPair(public=_b(obj["kp"][0]), private=_b(obj["kp"][1]))
@@ -388,9 +360,9 @@ class Ratchet:
                 state.stored += len(keys)
             state.retired.extend(_b(cid) for cid in obj["ret"])
         except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise MalformedState(f"bad ratchet state: {exc!r}") from None
+            raise errors.MalformedState(f"bad ratchet state: {exc!r}") from None
         if state.stored > MAX_STORED or len(state.skipped) > MAX_CHAINS:
-            raise MalformedState("ratchet state stores too many keys")
+            raise errors.MalformedState("ratchet state stores too many keys")
         return state
 
     @classmethod
@@ -399,7 +371,7 @@ class Ratchet:
         try:
             obj = cbor2.loads(data)
         except (cbor2.CBORDecodeError, ValueError, TypeError) as exc:
-            raise MalformedState(f"ratchet state is not CBOR: {exc}") from None
+            raise errors.MalformedState(f"ratchet state is not CBOR: {exc}") from None
         return cls.from_obj(obj, kem, clock)
 
 

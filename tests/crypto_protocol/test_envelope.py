@@ -79,7 +79,7 @@ def test_ill_typed_or_out_of_range_fields_are_refused(change: dict[str, object])
     with pytest.raises(MalformedEnvelope):
         env.decode_header(cbor2.dumps(fields, canonical=True))
     with pytest.raises(MalformedEnvelope):
-        env._check_fields(fields)
+        env.check_fields(fields)
 
 
 @pytest.mark.parametrize(

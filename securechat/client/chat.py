@@ -66,6 +66,7 @@ class ChatClient:
         self.quitting = False
         self.rooms: dict[str, set[str]] = {}
         self._in_flight: set[bytes] = set()
+        self._in_setup = False
         self._lock = DeferredLock()
         self.first_login: Deferred[None] = Deferred()
         self.outbox: list[dict[str, Any]] = self.keystore.state.extra.setdefault("outbox", [])
@@ -121,6 +122,13 @@ class ChatClient:
             self.first_login.errback(LoginFailed(_describe(reason)))
 
     async def _setup(self, proto: WireClientProtocol) -> None:
+        self._in_setup = True
+        try:
+            await self._setup_steps(proto)
+        finally:
+            self._in_setup = False
+
+    async def _setup_steps(self, proto: WireClientProtocol) -> None:
         welcome = await proto.request(wire.Hello, version=wire.PROTOCOL_VERSION, agent=AGENT)
         assert isinstance(welcome, wire.Welcome)
         self.welcome = welcome
@@ -178,7 +186,8 @@ class ChatClient:
                                                             else 1 << 30)  # fmt: skip
         self.keystore.save()  # private halves are durable before anyone can use them
         reply = await proto.request(
-            wire.PublishPrekeys, backend=backend, one_time=(), signed_prekey=signed,
+            wire.PublishPrekeys, backend=backend, signed_prekey=signed,
+            one_time=tuple(wire.OneTimePrekey(i, k) for i, k in one_time),
             identity_key=self.sessions.identity.public_bytes(),
         )  # fmt: skip
         assert isinstance(reply, wire.PrekeysStored)
@@ -196,7 +205,8 @@ class ChatClient:
             self._deliver(msg)
         elif isinstance(msg, wire.Presence):
             self.emit("presence", user=msg.user, online=msg.online)
-        elif isinstance(msg, wire.PrekeysLow) and self.proto is not None:
+        elif isinstance(msg, wire.PrekeysLow) and self.proto is not None and not self._in_setup:
+            # (During set-up the login itself tops up every backend from a fresh count.)
             self._run(self._publish(self.proto, msg.backend, msg.remaining))
         elif isinstance(msg, wire.ContactUpdate):
             self.emit("contact", user=msg.user, state=msg.state,
@@ -276,9 +286,15 @@ class ChatClient:
         if session is None:
             bundle = await self._need_proto().request(wire.FetchBundle, user=peer, backend=backend)
             assert isinstance(bundle, wire.Bundle)
-            session, warning = self.sessions.start_session(
-                peer, bundle.identity_key, bundle.signed_prekey, bundle.one_time_key
-            )
+            try:
+                session, warning = self.sessions.start_session(
+                    peer, bundle.identity_key, bundle.signed_prekey, bundle.one_time_key
+                )
+            except TrustError as e:
+                if e.warning:
+                    self.emit("warning", text=e.warning, to=peer)
+                self.keystore.save()  # the new pin and the block
+                raise
             if warning:
                 self.emit("warning", text=warning, to=peer)
         mid, envelope = self.sessions.encrypt(session, text, room)

@@ -47,6 +47,9 @@ SIGNED_PREKEY_LIFETIME = 30 * 24 * 3600
 class TrustError(Exception):
     """Sending is blocked: the peer's verified identity key changed."""
 
+    #: Set when the key change was noticed by the call that raised (show it as a warning).
+    warning: str | None = None
+
 
 @dataclass(frozen=True)
 class Received:
@@ -238,7 +241,11 @@ class SessionManager:
     ) -> tuple[Session, str | None]:
         """Run the handshake against a fetched bundle (after checking the pin)."""
         warning = self.observe_identity(peer, identity_key)
-        self.check_can_send(peer)
+        try:
+            self.check_can_send(peer)
+        except TrustError as e:
+            e.warning = warning  # the key change itself must still be shown
+            raise
         record = SignedPrekey.from_bytes(signed_prekey)
         session = Session.initiate(
             kem=self._kem(record.backend), identity=self.identity, local_user=self.user,

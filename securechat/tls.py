@@ -331,6 +331,13 @@ class _ModernCertificateOptions(ssl.CertificateOptions):
         return ctx
 
 
+#: TLS 1.2 suites allowed when ``[tls] min_version = "1.2"``: Mozilla "intermediate" for an
+#: ECDSA certificate (ECDHE with AEAD only; no CBC, no CCM). TLS 1.3 suites are unaffected.
+TLS12_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305"
+)
+
+
 def _minimum_version(tls: TLSSection) -> dict[str, ssl.TLSVersion]:
     if tls.min_version == "1.2":
         return {"insecurelyLowerMinimumTo": ssl.TLSVersion.TLSv1_2}
@@ -363,6 +370,9 @@ def server_tls_options(tls: TLSSection, client_certs: bool) -> ssl.CertificateOp
         privateKey=cast(crypto.PKey, key),
         certificate=cast(crypto.X509, chain[0]),
         extraCertChain=cast(list[crypto.X509], chain[1:]) or None,
+        acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(  # type: ignore[no-untyped-call]
+            TLS12_CIPHERS
+        ),
         **_minimum_version(tls),
         **verify,  # type: ignore[arg-type]
     )

@@ -281,11 +281,6 @@ def test_ccm_suites_are_refused(server_context: SSL.Context, suite: bytes) -> No
 # -- the explicit TLS 1.2 opt-in ----------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="[tls] min_version = '1.2' keeps OpenSSL's default TLS 1.2 list, which includes "
-    "CBC and CCM suites; Mozilla 'intermediate' allows only ECDHE with AES-GCM/ChaCha20",
-)
 def test_tls12_opt_in_offers_only_aead_ecdhe_suites(material: TLSSection) -> None:
     """With the 1.2 floor, a CBC-only TLS 1.2 client must still be refused."""
     lowered = replace(material, min_version="1.2")

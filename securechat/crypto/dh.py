@@ -39,6 +39,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from zope.interface import implementer
 
 from securechat.crypto import kem
+from securechat.crypto._cache import PRIVATE_SLOTS, PUBLIC_SLOTS, Lru
 from securechat.crypto.ecdh import SECRET_SIZE, dhkem_shared_secret
 from securechat.crypto.kem import IKem, KemError, KeyPair
 
@@ -209,9 +210,12 @@ class _Engine:
             raise KemError("DH private key belongs to a different group")
         return key
 
-    def exchange(self, key: _dh_types.DHPrivateKey, y: int) -> bytes:
+    def load_public(self, y: int) -> _dh_types.DHPublicKey:
+        """A key object for a public value ``y`` already checked by :meth:`DhKem.public_value`."""
+        return self._public_numbers(y, self._numbers).public_key()
+
+    def exchange(self, key: _dh_types.DHPrivateKey, peer: _dh_types.DHPublicKey) -> bytes:
         """Raw DH output ``y^x mod p`` as exactly ``len(p)`` bytes (RFC 9180 ``Ndh`` style)."""
-        peer = self._public_numbers(y, self._numbers).public_key()
         try:
             shared = key.exchange(peer)
         except ValueError as exc:
@@ -220,15 +224,20 @@ class _Engine:
 
 
 def _jacobi(a: int, n: int) -> int:
-    """Jacobi symbol ``(a/n)`` for odd ``n > 0`` (binary algorithm; inputs here are public)."""
+    """Jacobi symbol ``(a/n)`` for odd ``n > 0`` (binary algorithm; inputs here are public).
+
+    For odd ``a`` and ``n`` the reciprocity sign is ``-1`` exactly when both are ``3 mod 4``,
+    i.e. when bit 1 is set in both; factors of two are stripped only when present.
+    """
     a %= n
     result = 1
     while a:
-        twos = (a & -a).bit_length() - 1
-        a >>= twos
-        if twos & 1 and n & 7 in (3, 5):
-            result = -result
-        if a & 3 == 3 and n & 3 == 3:
+        if not a & 1:
+            twos = (a & -a).bit_length() - 1
+            a >>= twos
+            if twos & 1 and n & 7 in (3, 5):
+                result = -result
+        if a & 2 and n & 2:
             result = -result
         a, n = n % a, a
     return result if n == 1 else 0
@@ -250,6 +259,12 @@ class DhKem:
         self.params = group
         self.suite_id = b"KEM-securechat-" + group.encode("ascii")
         self._engine = _Engine(p)
+        #: Checked public values (exact bytes -> key object): the subgroup check and the
+        #: OpenSSL key build are done once per distinct value.
+        self._publics: Lru[bytes, _dh_types.DHPublicKey] = Lru(PUBLIC_SLOTS)
+        #: Our parsed private keys with their encoded public values (a PKCS8 load recomputes
+        #: ``y``, a modular exponentiation); filled by key generation and on first use.
+        self._privates: Lru[bytes, tuple[_dh_types.DHPrivateKey, bytes]] = Lru(PRIVATE_SLOTS)
 
     def _encode(self, y: int) -> bytes:
         return y.to_bytes(self._engine.size, "big")
@@ -270,33 +285,47 @@ class DhKem:
             raise KemError("DH public value is not in the prime-order subgroup")
         return y
 
+    def _peer(self, public: bytes) -> _dh_types.DHPublicKey:
+        """The key object of a peer value that passed :meth:`public_value` (cached by bytes)."""
+        key = self._publics.get(public)
+        if key is None:
+            key = self._engine.load_public(self.public_value(public))
+            self._publics.put(public, key)
+        return key
+
+    def _private(self, private: bytes) -> tuple[_dh_types.DHPrivateKey, bytes]:
+        entry = self._privates.get(private)
+        if entry is None:
+            key = self._engine.load_private(private)
+            entry = (key, self._encode(self._engine.public_y(key)))
+            self._privates.put(private, entry)
+        return entry
+
     def validate_public(self, public: bytes) -> None:
-        self.public_value(public)
+        self._peer(public)
 
     def generate_keypair(self) -> KeyPair:
         key = self._engine.generate()
-        return KeyPair(
-            public=self._encode(self._engine.public_y(key)),
-            private=self._engine.dump_private(key),
-        )
+        public, private = self._encode(self._engine.public_y(key)), self._engine.dump_private(key)
+        self._privates.put(private, (key, public))
+        return KeyPair(public=public, private=private)
 
     def exchange(self, private: bytes, public: bytes) -> bytes:
         """Raw DH output for a PKCS8 ``private`` key and a checked peer ``public`` value."""
-        y = self.public_value(public)
-        return self._engine.exchange(self._engine.load_private(private), y)
+        peer = self._peer(public)
+        return self._engine.exchange(self._private(private)[0], peer)
 
     def encapsulate(self, public: bytes) -> tuple[bytes, bytes]:
-        y = self.public_value(public)
+        peer = self._peer(public)
         ephemeral = self._engine.generate()
         enc = self._encode(self._engine.public_y(ephemeral))
-        dh_output = self._engine.exchange(ephemeral, y)
+        dh_output = self._engine.exchange(ephemeral, peer)
         return dhkem_shared_secret(self.suite_id, dh_output, enc, public), enc
 
     def decapsulate(self, private: bytes, enc: bytes) -> bytes:
-        y = self.public_value(enc)
-        key = self._engine.load_private(private)
-        dh_output = self._engine.exchange(key, y)
-        pk_r = self._encode(self._engine.public_y(key))
+        peer = self._peer(enc)
+        key, pk_r = self._private(private)
+        dh_output = self._engine.exchange(key, peer)
         return dhkem_shared_secret(self.suite_id, dh_output, enc, pk_r)
 
 

@@ -21,6 +21,7 @@ own suite identifiers: one KDF construction for every DH-style backend.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any, ClassVar
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, hmac, serialization
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from zope.interface import implementer
 
 from securechat.crypto import kem
+from securechat.crypto._cache import PRIVATE_SLOTS, PUBLIC_SLOTS, Lru
 from securechat.crypto.kem import IKem, KemError, KeyPair
 
 __all__ = [
@@ -78,7 +80,12 @@ def dhkem_shared_secret(suite_id: bytes, dh_output: bytes, enc: bytes, pk_r: byt
 
 @implementer(IKem)
 class _DhKem(ABC):
-    """Shared DHKEM logic; subclasses supply key (de)serialisation and the raw DH function."""
+    """Shared DHKEM logic; subclasses supply key (de)serialisation and the raw DH function.
+
+    Parsed private keys live in a small per-curve LRU keyed by their bytes (filled by key
+    generation and on first use), so that neither side re-derives a key it already holds:
+    loading a private key computes its public key, one scalar multiplication.
+    """
 
     name = "ecdh"
     params = ""
@@ -95,28 +102,46 @@ class _DhKem(ABC):
         """Raise :class:`KemError` unless ``public`` is a usable peer key."""
 
     @abstractmethod
+    def _peer(self, public: bytes) -> Any:
+        """Decode (and check) a peer public key; raise :class:`KemError` if unusable."""
+
+    @abstractmethod
+    def _private(self, private: bytes, keep: bool = True) -> tuple[Any, bytes]:
+        """``(key object, serialised public key)`` of ``private``, cached unless not ``keep``."""
+
+    @abstractmethod
+    def _dh(self, key: Any, peer: Any) -> bytes:
+        """Raw DH of two loaded keys; raise :class:`KemError` if unusable."""
+
     def exchange(self, private: bytes, public: bytes) -> bytes:
         """Raw DH: validate ``public``, return the DH output; raise :class:`KemError` if unusable.
 
         Public so that the Wycheproof vectors exercise the very code path ``decapsulate`` uses.
         """
+        peer = self._peer(public)
+        return self._dh(self._private(private)[0], peer)
 
-    @abstractmethod
     def public_from_private(self, private: bytes) -> bytes:
         """Serialised public key of ``private`` (``pkR`` in the KEM context)."""
+        return self._private(private)[1]
 
     def encapsulate(self, public: bytes) -> tuple[bytes, bytes]:
-        """Ephemeral-static DH to ``public``; the ephemeral public key is ``enc``."""
+        """Ephemeral-static DH to ``public``; the ephemeral public key is ``enc``.
+
+        The ephemeral key object comes straight from generation (and leaves the cache at once:
+        it is used exactly once), rather than being parsed back from its bytes.
+        """
+        peer = self._peer(public)
         ephemeral = self.generate_keypair()
-        dh_output = self.exchange(ephemeral.private, public)
+        dh_output = self._dh(self._private(ephemeral.private, keep=False)[0], peer)
         enc = ephemeral.public
         return dhkem_shared_secret(self.suite_id, dh_output, enc, public), enc
 
     def decapsulate(self, private: bytes, enc: bytes) -> bytes:
         """Recompute the secret from our static private key and the sender's ephemeral ``enc``."""
-        dh_output = self.exchange(private, enc)
-        pk_r = self.public_from_private(private)
-        return dhkem_shared_secret(self.suite_id, dh_output, enc, pk_r)
+        peer = self._peer(enc)
+        key, pk_r = self._private(private)
+        return dhkem_shared_secret(self.suite_id, self._dh(key, peer), enc, pk_r)
 
 
 class X25519Kem(_DhKem):
@@ -124,26 +149,44 @@ class X25519Kem(_DhKem):
 
     params = "x25519"
     suite_id = b"KEM\x00\x20"
+    _privates: ClassVar[Lru[bytes, tuple[x25519.X25519PrivateKey, bytes]]] = Lru(PRIVATE_SLOTS)
+    _validated: ClassVar[Lru[bytes, bool]] = Lru(PUBLIC_SLOTS)
+    _trial: ClassVar[list[x25519.X25519PrivateKey]] = []
 
     def generate_keypair(self) -> KeyPair:
         key = x25519.X25519PrivateKey.generate()
-        return KeyPair(
-            public=key.public_key().public_bytes_raw(),
-            private=key.private_bytes_raw(),
-        )
+        public, private = key.public_key().public_bytes_raw(), key.private_bytes_raw()
+        self._privates.put(private, (key, public))
+        return KeyPair(public=public, private=private)
 
     def validate_public(self, public: bytes) -> None:
         """Reject wrong lengths and the low-order points that force an all-zero DH output.
 
         RFC 7748 keys need no on-curve check, but a low-order point makes the shared secret a
         constant known to everyone. Clamped scalars are multiples of the cofactor 8, so a
-        trial exchange with a throw-away key yields zero exactly for those points.
+        trial exchange with any key (one throw-away key per process: its output is discarded)
+        yields zero exactly for those points. Keys that passed are remembered by their bytes.
         """
-        self.exchange(x25519.X25519PrivateKey.generate().private_bytes_raw(), public)
+        if self._validated.get(public) is not None:
+            return
+        if not self._trial:
+            self._trial.append(x25519.X25519PrivateKey.generate())
+        self._dh(self._trial[0], self._peer(public))
+        self._validated.put(public, True)
 
-    def exchange(self, private: bytes, public: bytes) -> bytes:
-        peer = _load_x25519_public(public)
-        key = _load_x25519_private(private)
+    def _peer(self, public: bytes) -> x25519.X25519PublicKey:
+        return _load_x25519_public(public)
+
+    def _private(self, private: bytes, keep: bool = True) -> tuple[x25519.X25519PrivateKey, bytes]:
+        entry = self._privates.get(private) if keep else self._privates.pop(private)
+        if entry is None:
+            key = _load_x25519_private(private)
+            entry = (key, key.public_key().public_bytes_raw())
+            if keep:
+                self._privates.put(private, entry)
+        return entry
+
+    def _dh(self, key: x25519.X25519PrivateKey, peer: x25519.X25519PublicKey) -> bytes:
         try:
             return key.exchange(peer)
         except ValueError as exc:
@@ -152,41 +195,54 @@ class X25519Kem(_DhKem):
                 "X25519 public key is a low-order point (all-zero shared secret)"
             ) from exc
 
-    def public_from_private(self, private: bytes) -> bytes:
-        return _load_x25519_private(private).public_key().public_bytes_raw()
-
 
 class P256Kem(_DhKem):
     """``DHKEM(P-256, HKDF-SHA256)``: for peers that must stay within NIST curves."""
 
     params = "p256"
     suite_id = b"KEM\x00\x10"
+    _privates: ClassVar[Lru[bytes, tuple[ec.EllipticCurvePrivateKey, bytes]]] = Lru(PRIVATE_SLOTS)
+    _publics: ClassVar[Lru[bytes, ec.EllipticCurvePublicKey]] = Lru(PUBLIC_SLOTS)
 
     def generate_keypair(self) -> KeyPair:
         key = ec.generate_private_key(ec.SECP256R1())
-        return KeyPair(
-            public=_p256_public_bytes(key.public_key()),
-            private=key.private_numbers().private_value.to_bytes(32, "big"),
-        )
+        public = _p256_public_bytes(key.public_key())
+        private = key.private_numbers().private_value.to_bytes(32, "big")
+        self._privates.put(private, (key, public))
+        return KeyPair(public=public, private=private)
 
     def validate_public(self, public: bytes) -> None:
         """Reject anything but an uncompressed SEC1 encoding of a point on P-256.
 
         Invalid-curve attacks recover a static private key from DH outputs on points of small
-        order off the curve, so every peer point is decoded with a full on-curve check.
+        order off the curve, so every peer point is decoded with a full on-curve check (and
+        the decoded point is remembered by its exact bytes).
         """
-        _load_p256_public(public)
+        self._peer(public)
 
-    def exchange(self, private: bytes, public: bytes) -> bytes:
-        peer = _load_p256_public(public)
-        key = _load_p256_private(private)
+    def _peer(self, public: bytes) -> ec.EllipticCurvePublicKey:
+        key = self._publics.get(public)
+        if key is None:
+            key = _load_p256_public(public)
+            self._publics.put(public, key)
+        return key
+
+    def _private(
+        self, private: bytes, keep: bool = True
+    ) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+        entry = self._privates.get(private) if keep else self._privates.pop(private)
+        if entry is None:
+            key = _load_p256_private(private)
+            entry = (key, _p256_public_bytes(key.public_key()))
+            if keep:
+                self._privates.put(private, entry)
+        return entry
+
+    def _dh(self, key: ec.EllipticCurvePrivateKey, peer: ec.EllipticCurvePublicKey) -> bytes:
         try:
             return key.exchange(ec.ECDH(), peer)
         except ValueError as exc:  # pragma: no cover - points are validated on decoding
             raise KemError("P-256 key agreement failed") from exc
-
-    def public_from_private(self, private: bytes) -> bytes:
-        return _p256_public_bytes(_load_p256_private(private).public_key())
 
 
 def _load_x25519_public(public: bytes) -> x25519.X25519PublicKey:

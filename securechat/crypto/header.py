@@ -41,6 +41,7 @@ __all__ = [
     "MESSAGE_ID_SIZE",
     "PROTOCOL_VERSION",
     "Header",
+    "HeaderDecoder",
     "HeaderEncoder",
     "backend_id",
     "check_fields",
@@ -218,6 +219,87 @@ class HeaderEncoder:
         if len(data) > MAX_HEADER:
             raise MalformedEnvelope("header too large")
         return data
+
+
+#: The smallest value each multi-byte CBOR integer size may carry (shorter forms are required).
+_UINT_MIN: Final = (24, 0x100, 0x10000, 0x100000000)
+
+
+def _uint_at(data: bytes, pos: int) -> tuple[int, int]:
+    """``(value, end)`` of the minimal-length CBOR unsigned integer at ``pos``, or ``(-1, 0)``."""
+    if pos >= len(data) or data[pos] >> 5:
+        return -1, 0
+    info = data[pos] & 0x1F
+    if info < 24:
+        return info, pos + 1
+    if info > 27:
+        return -1, 0
+    end = pos + 1 + (1 << (info - 24))
+    value = int.from_bytes(data[pos + 1 : end], "big")
+    if end > len(data) or value < _UINT_MIN[info - 24]:  # truncated or not minimal
+        return -1, 0
+    return value, end
+
+
+class HeaderDecoder:
+    """Decodes the headers of one receiving chain by matching them against cached bytes.
+
+    The mirror of :class:`HeaderEncoder`: built from a header :func:`decode_header` accepted,
+    it recognises the headers of the same chain (same backend, users, ratchet key,
+    encapsulation, ``pn`` and handshake) without a CBOR parse and re-encode. :meth:`decode`
+    accepts exactly the deterministic encodings of valid headers that differ from that one
+    only in ``n``, ``id``, ``ts`` and ``room`` (integers and the room's length are checked
+    for minimal encoding and range, the room for UTF-8), and returns None for anything else,
+    which the caller then hands to :func:`decode_header` for the full check.
+    """
+
+    __slots__ = ("_encoder", "_header")
+
+    def __init__(self, header: Header) -> None:
+        self._header = header
+        self._encoder = HeaderEncoder(*header[:6], header.handshake)
+
+    def decode(self, data: bytes) -> Header | None:
+        """The header encoded by ``data`` if it belongs to this chain, else None."""
+        enc = self._encoder
+        n, pos = _uint_at(data, 3)
+        if n < 0 or not data.startswith(b"\x61n", 1) or n > _MAX_COUNTER:
+            return None
+        end = pos + len(enc._after_n)
+        if not data.startswith(enc._after_n, pos) or not data.startswith(b"\x62id\x50", end):
+            return None
+        message_id = data[end + 4 : end + 20]
+        pos = end + 20
+        if not data.startswith(enc._after_id, pos):
+            return None
+        pos += len(enc._after_id)
+        if not data.startswith(b"\x62ts", pos):
+            return None
+        timestamp, pos = _uint_at(data, pos + 3)
+        if timestamp < 0 or timestamp > _MAX_TIMESTAMP or not data.startswith(enc._after_ts, pos):
+            return None
+        pos += len(enc._after_ts)
+        count = 10 + (self._header.handshake is not None)
+        room = None
+        if pos < len(data):
+            if not data.startswith(b"\x64room", pos) or pos + 5 >= len(data):
+                return None
+            head = data[pos + 5]
+            # Read the text-string head as if it were an unsigned integer (same rules).
+            length, start = _uint_at(bytes((head & 0x1F,)) + data[pos + 6 : pos + 14], 0)
+            start += pos + 5
+            if head >> 5 != 3 or length < 0 or start + length != len(data):
+                return None
+            try:
+                room = data[start:].decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+            if len(room) > _MAX_NAME:
+                return None
+            count += 1
+        if len(data) > MAX_HEADER or data[0] != 0xA0 | count:
+            return None
+        return self._header._replace(n=n, message_id=message_id, timestamp=timestamp, room=room)
 
 
 def decode_header(data: bytes) -> Header:

@@ -54,6 +54,8 @@ class IdentityKeyPair:
 
     def __init__(self, private_key: ed25519.Ed25519PrivateKey) -> None:
         self._key = private_key
+        # Deriving the public key costs a scalar multiplication; handshakes need it twice.
+        self._public = private_key.public_key().public_bytes_raw()
 
     @classmethod
     def generate(cls) -> IdentityKeyPair:
@@ -72,7 +74,7 @@ class IdentityKeyPair:
 
     def public_bytes(self) -> bytes:
         """The raw 32-byte public key (RFC 8032 encoding)."""
-        return self._key.public_key().public_bytes_raw()
+        return self._public
 
     def private_bytes(self) -> bytes:
         """The raw 32-byte seed; secret, for the encrypted keystore only."""

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa as _rsa
 from zope.interface import implementer
 
 from securechat.crypto import kem
+from securechat.crypto._cache import PRIVATE_SLOTS, PUBLIC_SLOTS, Lru
 from securechat.crypto.kem import IKem, KemError, KeyPair
 
 __all__ = ["DEFAULT_BITS", "MIN_BITS", "PUBLIC_EXPONENT", "RsaKem", "make_rsa"]
@@ -45,6 +46,9 @@ def _oaep(label: bytes | None) -> padding.OAEP:
     )
 
 
+_OAEP = _oaep(None)
+
+
 @implementer(IKem)
 class RsaKem:
     """RSA-OAEP-SHA256 wrapping a fresh random 32-byte secret per encapsulation."""
@@ -62,18 +66,24 @@ class RsaKem:
             raise KemError(f"rsa: bits must be a multiple of 8 up to {MAX_BITS}, got {bits}")
         self.bits = bits
         self.params = f"rsa{bits}"
+        #: Peer keys that passed :meth:`load_public`, by their exact DER bytes.
+        self._publics: Lru[bytes, _rsa.RSAPublicKey] = Lru(PUBLIC_SLOTS)
+        #: Our parsed private keys, by their exact PKCS8 bytes (filled by key generation).
+        self._privates: Lru[bytes, _rsa.RSAPrivateKey] = Lru(PRIVATE_SLOTS)
 
     def generate_keypair(self) -> KeyPair:
         key = _rsa.generate_private_key(public_exponent=PUBLIC_EXPONENT, key_size=self.bits)
+        private = key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        self._privates.put(private, key)
         return KeyPair(
             public=key.public_key().public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             ),
-            private=key.private_bytes(
-                serialization.Encoding.DER,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
+            private=private,
         )
 
     def load_public(self, public: bytes) -> _rsa.RSAPublicKey:
@@ -82,6 +92,9 @@ class RsaKem:
         :raises KemError: if the key is not canonical DER RSA of the configured size or has an
             unacceptable exponent (``e = 3`` invites low-exponent attacks on bad padding).
         """
+        cached = self._publics.get(public)
+        if cached is not None:
+            return cached
         try:
             key = serialization.load_der_public_key(public)
         except (ValueError, TypeError) as exc:
@@ -100,6 +113,7 @@ class RsaKem:
         )
         if canonical != public:
             raise KemError("RSA public key is not in canonical DER")
+        self._publics.put(public, key)
         return key
 
     def validate_public(self, public: bytes) -> None:
@@ -114,6 +128,9 @@ class RsaKem:
         keys. A corrupted key can only make decryption fail; OpenSSL still blinds the
         operation.
         """
+        cached = self._privates.get(private)
+        if cached is not None:
+            return cached
         try:
             key = serialization.load_der_private_key(
                 private, password=None, unsafe_skip_rsa_key_validation=True
@@ -122,13 +139,14 @@ class RsaKem:
             raise KemError("RSA private key is not valid DER PKCS8") from exc
         if not isinstance(key, _rsa.RSAPrivateKey) or key.key_size != self.bits:
             raise KemError(f"private key is not a {self.bits}-bit RSA key")
+        self._privates.put(private, key)
         return key
 
     def encapsulate(self, public: bytes) -> tuple[bytes, bytes]:
         """Wrap 32 bytes from the OS CSPRNG; ``enc`` is the OAEP ciphertext (``bits / 8`` bytes)."""
         key = self.load_public(public)
         secret = os.urandom(_SECRET_SIZE)
-        return secret, key.encrypt(secret, _oaep(None))
+        return secret, key.encrypt(secret, _OAEP)
 
     def unwrap(self, private: bytes, enc: bytes, label: bytes | None = None) -> bytes:
         """OAEP-decrypt ``enc``; the plaintext may have any length (``decapsulate`` checks it).
@@ -141,7 +159,7 @@ class RsaKem:
         if len(enc) != self.bits // 8:
             raise KemError("RSA-OAEP decapsulation failed")
         try:
-            return key.decrypt(enc, _oaep(label))
+            return key.decrypt(enc, _OAEP if label is None else _oaep(label))
         except ValueError:
             raise KemError("RSA-OAEP decapsulation failed") from None
 

@@ -38,6 +38,7 @@ from securechat.crypto.errors import (
     MalformedState,
     SessionMismatch,
 )
+from securechat.crypto.header import HeaderDecoder
 from securechat.crypto.identity import IdentityKeyPair
 from securechat.crypto.kem import IKem, KeyPair
 from securechat.crypto.prekeys import SignedPrekey
@@ -85,6 +86,9 @@ class Session:
         self._ad_out = env.identity_prefix(local_identity, peer_identity)
         self._ad_in = env.identity_prefix(peer_identity, local_identity)
         self._encoder: env.HeaderEncoder | None = None
+        #: Recognises further headers of the chain of the last header that fully decoded and
+        #: authenticated, so the per-message canonical-encoding check is not redone per message.
+        self._decoder: HeaderDecoder | None = None
 
     @property
     def backend(self) -> str:
@@ -220,8 +224,15 @@ class Session:
         :raises TooManySkipped: too far ahead of the last message received.
         :raises AuthenticationFailed: altered, forged or for another session.
         """
-        header, header_bytes, ciphertext = env.parse_envelope(envelope)
-        return header, self._open(header, header_bytes, ciphertext)
+        header_bytes, ciphertext = env.split_envelope(envelope)
+        decoder = self._decoder
+        header = decoder.decode(header_bytes) if decoder is not None else None
+        if header is not None:
+            return header, self._open(header, header_bytes, ciphertext)
+        header = env.decode_header(header_bytes)
+        plaintext = self._open(header, header_bytes, ciphertext)
+        self._decoder = HeaderDecoder(header)
+        return header, plaintext
 
     def _open(self, header: env.Header, header_bytes: bytes, ciphertext: bytes) -> bytes:
         if (

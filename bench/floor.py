@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.protocols.basic import Int32StringReceiver
@@ -95,15 +96,30 @@ def main(argv: list[str] | None = None) -> int:
         required=True,
         help="where the CA and server certificate are (created if missing)",
     )
-    parser.add_argument("--backlog", type=int, default=1024, help="listen backlog")
+    parser.add_argument(
+        "--backlog", type=int, default=50, help="listen backlog (50: Twisted's, as the daemon)"
+    )
+    parser.add_argument(
+        "--release-buffers",
+        action="store_true",
+        help="experiment: SSL_MODE_RELEASE_BUFFERS (OpenSSL frees idle connections' buffers)",
+    )
+    parser.add_argument(
+        "--no-session-cache",
+        action="store_true",
+        help="experiment: SSL_SESS_CACHE_OFF (no server-side TLS session cache entries)",
+    )
     args = parser.parse_args(argv)
     raise_nofile(1 << 20)
     tls, _ = tls_material(args.tls_dir)
     from twisted.internet import reactor
 
-    endpoint = SSL4ServerEndpoint(
-        reactor, args.port, server_tls_options(tls, False), backlog=args.backlog, interface=HOST
-    )
+    options = server_tls_options(tls, False)
+    if args.release_buffers:
+        options.getContext().set_mode(SSL.MODE_RELEASE_BUFFERS)
+    if args.no_session_cache:
+        options.getContext().set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    endpoint = SSL4ServerEndpoint(reactor, args.port, options, backlog=args.backlog, interface=HOST)
 
     def listening(port: Any) -> None:
         print(f"listening on {HOST}:{port.getHost().port}", flush=True)

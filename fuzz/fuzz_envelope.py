@@ -26,16 +26,20 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script from any directory
 
-from securechat.crypto.envelope import (  # noqa: E402
-    Header,
-    HeaderEncoder,
-    decode_header,
-    encode_header,
-    parse_envelope,
-    routing_fields,
-    unpad,
-)
-from securechat.crypto.errors import MalformedEnvelope  # noqa: E402
+from fuzz import instrumented  # noqa: E402
+
+# Under libFuzzer (run as a script) the code under test is instrumented as it loads.
+with instrumented(__name__ == "__main__", ["securechat"]):
+    from securechat.crypto.envelope import (
+        Header,
+        HeaderEncoder,
+        decode_header,
+        encode_header,
+        parse_envelope,
+        routing_fields,
+        unpad,
+    )
+    from securechat.crypto.errors import MalformedEnvelope
 
 
 class EnvelopeBug(AssertionError):
@@ -107,8 +111,6 @@ def main() -> None:
     """libFuzzer entry point: ``python fuzz/fuzz_envelope.py [libFuzzer flags] [corpus dirs]``."""
     import atheris  # only the fuzzing run needs it; the checks above import without it
 
-    # Coverage feedback for the code already imported, envelope and cbor2 included.
-    atheris.instrument_all()
     atheris.Setup(sys.argv, check_input)
     atheris.Fuzz()
 

@@ -32,23 +32,27 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script from any directory
 
-from twisted.internet import defer  # noqa: E402
-from twisted.internet.task import Clock  # noqa: E402
-from twisted.internet.testing import StringTransport  # noqa: E402
-from twisted.logger import globalLogPublisher  # noqa: E402
+from fuzz import instrumented  # noqa: E402
 
-from securechat import wire  # noqa: E402
-from securechat.config import StoreSection, config_from_mapping  # noqa: E402
-from securechat.server.auth import AuthService, make_portal  # noqa: E402
-from securechat.server.passwords import (  # noqa: E402
-    Argon2Params,
-    HashParams,
-    ScryptParams,
-    hash_password,
-)
-from securechat.server.protocol import RelayFactory, build_factory  # noqa: E402
-from securechat.server.ratelimit import LoginThrottle  # noqa: E402
-from securechat.server.store.memory import MemoryStore  # noqa: E402
+# Under libFuzzer (run as a script) the code under test is instrumented as it loads.
+with instrumented(__name__ == "__main__", ["securechat", "twisted.protocols.basic"]):
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+    from twisted.logger import globalLogPublisher
+
+    from securechat import wire
+    from securechat.config import StoreSection, config_from_mapping
+    from securechat.server.auth import AuthService, make_portal
+    from securechat.server.passwords import (
+        Argon2Params,
+        HashParams,
+        ScryptParams,
+        hash_password,
+    )
+    from securechat.server.protocol import RelayFactory, build_factory
+    from securechat.server.ratelimit import LoginThrottle
+    from securechat.server.store.memory import MemoryStore
 
 #: An admin account present in every fresh server, so mutated admin requests get past
 #: the role check; the seed corpus logs in with it (``fuzz/make_corpus.py``).
@@ -202,9 +206,6 @@ def main() -> None:
     """libFuzzer entry point: ``python fuzz/fuzz_wire.py [libFuzzer flags] [corpus dirs]``."""
     import atheris  # only the fuzzing run needs it; the checks above import without it
 
-    # Coverage feedback for the Python code already imported (securechat, cbor2's Python
-    # parts, Twisted's framing): without it libFuzzer would mutate blindly.
-    atheris.instrument_all()
     atheris.Setup(sys.argv, check_input)
     atheris.Fuzz()
 

@@ -20,7 +20,7 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import stdio
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.task import react
+from twisted.internet.task import deferLater, react
 
 from securechat.client.chat import ChatClient, LoginFailed
 from securechat.client.console import ConsoleProtocol, Renderer
@@ -190,16 +190,23 @@ async def run(reactor: Any, s: Settings) -> None:
         await service.whenConnected(failAfterFailures=1)
         await client.first_login
     except LoginFailed as e:
-        await service.stopService()
+        await _stop_soon(reactor, service)
         raise UsageProblem(str(e)) from None
     except Exception as e:  # any connect failure becomes one line
-        await service.stopService()
+        await _stop_soon(reactor, service)
         raise UsageProblem(f"cannot connect to {s.host}:{s.port}: {e}") from None
     stdio_transport.resumeProducing()
     code = await done
     await service.stopService()
     if code:
         raise SystemExit(code)
+
+
+async def _stop_soon(reactor: Any, service: ClientService) -> None:
+    """Stop ``service`` from a fresh reactor turn: a failed first connection is reported
+    from inside ClientService's state machine, which refuses a re-entrant ``stop``."""
+    await deferLater(reactor, 0, lambda: None)
+    await service.stopService()
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

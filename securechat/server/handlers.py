@@ -33,8 +33,8 @@ async def send(f: RelayFactory, session: Session, msg: wire.Send) -> wire.Messag
 
 
 async def ack(f: RelayFactory, session: Session, msg: wire.Ack) -> None:
-    """Cumulative acknowledgement; no reply."""
-    await f.relay.ack(session, msg.up_to)
+    """Cumulative acknowledgement; no reply (the protocol calls :meth:`Relay.ack` directly)."""
+    f.relay.ack(session, msg.up_to)
 
 
 async def publish_prekeys(

@@ -228,6 +228,10 @@ class RelayProtocol(Int32StringReceiver):
             if e.code == wire.E_BAD_FRAME:
                 self.close(e.code, "undecodable frame")
             return
+        if type(msg) is wire.Ack and self.session is not None:
+            # The hot path's most frequent frame: no reply, no store round trip, no Deferred.
+            self.server.relay.ack(self.session, msg.up_to)
+            return
         rid: int | None = getattr(msg, "id", None)
         kind = msg.TYPE
         if kind in _PRE_LOGIN:

@@ -264,9 +264,13 @@ class Relay:
             items = tuple(map(deliver_item, out[i : i + DELIVER_BATCH]))
             session.sink.push(wire.Deliver(items=items))
 
-    def ack(self, session: Session, up_to: int) -> Deferred[int]:
-        """Delete ``session``'s envelopes up to ``up_to`` (never beyond what it was sent)."""
-        return self.store.acknowledge(session.user, min(up_to, session.cursor))
+    def ack(self, session: Session, up_to: int) -> None:
+        """Delete ``session``'s envelopes up to ``up_to`` (never beyond what it was sent).
+
+        Lazily: the store coalesces acknowledgements into its next group commit, so an ack
+        costs no transaction of its own (see :meth:`IStore.acknowledge_later`).
+        """
+        self.store.acknowledge_later(session.user, min(up_to, session.cursor))
 
     # -- sending -------------------------------------------------------------------------
     async def send(self, session: Session, items: tuple[wire.SendItem, ...]) -> list[Any]:

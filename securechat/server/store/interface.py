@@ -176,6 +176,15 @@ class IStore(Interface):
     def acknowledge(recipient: str, up_to_seq: int) -> Deferred[int]:
         """Delete every envelope of ``recipient`` with ``seq <= up_to_seq``; returns how many."""
 
+    def acknowledge_later(recipient: str, up_to_seq: int) -> None:
+        """Like :meth:`acknowledge`, but lazily: the deletion may be coalesced with later
+        writes (the SQLite store applies it in the next group-commit transaction).
+
+        From the call on, :meth:`pending` and :meth:`queue_length` leave those envelopes
+        out. A crash before the deletion is written only makes them come again at the next
+        login, which clients drop as duplicates; it never loses an envelope.
+        """
+
     def queue_length(recipient: str) -> Deferred[int]:
         """How many envelopes wait for ``recipient``."""
 

@@ -323,6 +323,13 @@ class MemoryStore:
             self._queues.pop(recipient, None)
         return defer.succeed(removed)
 
+    def acknowledge_later(self, recipient: str, up_to_seq: int) -> None:
+        """IStore API: applied at once (nothing here is durable anyway), which meets the
+        contract: acknowledged envelopes are gone from :meth:`pending` from now on."""
+        queue = self._queues.get(recipient)
+        if queue and queue[0].seq <= up_to_seq:
+            self.acknowledge(recipient, up_to_seq)
+
     def queue_length(self, recipient: str) -> Deferred[int]:
         """IStore API."""
         return defer.succeed(len(self._queues.get(recipient, ())))

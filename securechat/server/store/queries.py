@@ -305,10 +305,21 @@ def user_rooms(conn: sqlite3.Connection, user: str) -> list[str]:
 
 
 # -- offline queue -------------------------------------------------------------
+_DELETE_ACKED = "DELETE FROM queue WHERE recipient = ? AND seq <= ?"
+
+
 def enqueue_batch(
-    conn: sqlite3.Connection, calls: list[list[NewEnvelope]], now: float, queue_limit: int
+    conn: sqlite3.Connection,
+    calls: list[list[NewEnvelope]],
+    now: float,
+    queue_limit: int,
+    acks: list[tuple[str, int]] | None = None,
 ) -> list[list[QueuedEnvelope] | StoreError]:
     """Store several callers' envelopes in one transaction (the group commit).
+
+    ``acks`` are coalesced cumulative acknowledgements, ``(recipient, up_to_seq)``: their
+    DELETEs ride in the same transaction, before the queue lengths are read, so the
+    queue limit sees the acknowledged envelopes gone.
 
     Each call is all-or-nothing on its own: a call that would overfill a queue or names an
     unknown recipient gets its error in the result list and stores nothing, while the
@@ -322,6 +333,8 @@ def enqueue_batch(
     """
     results: list[list[QueuedEnvelope] | StoreError] = []
     with write_transaction(conn):
+        if acks:
+            conn.executemany(_DELETE_ACKED, acks)
         lengths: dict[str, int | None] = {}
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'queue'").fetchone()
         seq = int(row[0]) if row else 0
@@ -382,15 +395,14 @@ def pending(
 def acknowledge(conn: sqlite3.Connection, recipient: str, up_to_seq: int) -> int:
     """Delete ``recipient``'s envelopes up to and including ``up_to_seq``."""
     with write_transaction(conn):
-        cur = conn.execute(
-            "DELETE FROM queue WHERE recipient = ? AND seq <= ?", (recipient, up_to_seq)
-        )
-        return cur.rowcount
+        return conn.execute(_DELETE_ACKED, (recipient, up_to_seq)).rowcount
 
 
-def queue_length(conn: sqlite3.Connection, recipient: str) -> int:
-    """How many envelopes wait for ``recipient``."""
-    row = conn.execute("SELECT count(*) FROM queue WHERE recipient = ?", (recipient,)).fetchone()
+def queue_length(conn: sqlite3.Connection, recipient: str, after_seq: int = 0) -> int:
+    """How many envelopes wait for ``recipient`` (only those after ``after_seq``)."""
+    row = conn.execute(
+        "SELECT count(*) FROM queue WHERE recipient = ? AND seq > ?", (recipient, after_seq)
+    ).fetchone()
     return int(row[0])
 
 

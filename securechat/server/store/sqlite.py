@@ -7,6 +7,14 @@ and SQLite sees one writer from this process. ``enqueue`` is the hot path: with
 writes them together in the next one (group commit). Each caller's Deferred fires only
 after the transaction holding its envelopes has committed: accepted means durable.
 
+Acknowledgements are coalesced the same way but lazily (:meth:`SQLiteStore.acknowledge_later`):
+the store keeps the highest ``up_to`` per recipient and applies the DELETEs inside the next
+group-commit transaction, or after :data:`ACK_DELAY` when no envelope arrives. An ack is
+therefore not durable when it is accepted: if the process dies first, the envelopes are
+delivered again at the next login, and clients drop them as duplicates (they dedupe on
+``mid``). Nothing is ever lost, since an envelope is deleted only after its recipient's ack.
+Within the process, :meth:`SQLiteStore.pending` already skips acknowledged envelopes.
+
 The SQL itself lives in :mod:`securechat.server.store.queries` and the file format in
 :mod:`securechat.server.store.schema`, both shared with ``securechat-admin``.
 """
@@ -23,7 +31,7 @@ from typing import Concatenate, ParamSpec, TypeVar, cast
 from twisted.enterprise import adbapi
 from twisted.internet import defer, threads
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -44,6 +52,10 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 _Waiter = tuple[list[NewEnvelope], "Deferred[list[QueuedEnvelope]]"]
+
+#: Seconds a coalesced acknowledgement waits for a group commit to ride in before it
+#: gets a transaction of its own.
+ACK_DELAY = 0.05
 
 
 def _open_connection(conn: sqlite3.Connection, synchronous: str, busy_timeout: float) -> None:
@@ -111,6 +123,11 @@ class SQLiteStore:
             ),
         )
         self._waiting: deque[_Waiter] = deque()
+        #: recipient -> highest acknowledged seq not yet in a transaction, and the ones
+        #: in the transaction in flight (both filter :meth:`pending`).
+        self._acks: dict[str, int] = {}
+        self._acks_applying: dict[str, int] = {}
+        self._ack_call: IDelayedCall | None = None
         self._flushing = False
         self._busy = 0
         self._idle: list[Deferred[None]] = []
@@ -120,6 +137,9 @@ class SQLiteStore:
         #: factor of the group commit (tests and ``bench/store.py`` read it).
         self.transactions = 0
         self.envelopes_committed = 0
+        #: Coalesced acknowledgements applied, and transactions that carried only those.
+        self.acks_applied = 0
+        self.ack_transactions = 0
 
     # -- plumbing --------------------------------------------------------------
     def run(
@@ -152,6 +172,9 @@ class SQLiteStore:
 
     def _maybe_idle(self) -> None:
         if self._busy == 0 and not self._waiting and not self._flushing:
+            if self._idle and self._acks:
+                self._flush()  # stopping: acknowledgements are written before closing
+                return
             idle, self._idle = self._idle, []
             for d in idle:
                 d.callback(None)
@@ -194,8 +217,9 @@ class SQLiteStore:
         otherwise does that disk work on the reactor thread, where adbapi closes it.
         """
         idle: Deferred[None] = Deferred()
-        if self._busy or self._waiting or self._flushing:
+        if self._busy or self._waiting or self._flushing or self._acks:
             self._idle.append(idle)
+            self._maybe_idle()
         else:
             idle.callback(None)
         if self._opened and self._path != schema.MEMORY:
@@ -208,6 +232,9 @@ class SQLiteStore:
         self.log.warn("could not checkpoint {path}: {error}", path=self._path, error=failure.value)
 
     def _close(self) -> None:
+        if self._ack_call is not None and self._ack_call.active():
+            self._ack_call.cancel()
+        self._ack_call = None
         if not self._stopped:
             self._stopped = True
             self._opened = False
@@ -327,11 +354,17 @@ class SQLiteStore:
             batch.append(waiter)
             size += len(waiter[0])
         self._flushing = True
+        if self._ack_call is not None:
+            if self._ack_call.active():
+                self._ack_call.cancel()
+            self._ack_call = None
+        self._acks_applying, self._acks = self._acks, {}
         d = self.run(
             queries.enqueue_batch,
             [envelopes for envelopes, _ in batch],
             self._clock.seconds(),
             self.queue_limit,
+            list(self._acks_applying.items()),
         )
         d.addBoth(self._flushed, [waiter for _, waiter in batch], size)
 
@@ -346,16 +379,23 @@ class SQLiteStore:
         Callers are fired while ``_flushing`` is still set, so envelopes they enqueue in
         their callbacks wait for the next batch instead of each starting a transaction.
         """
+        applied, self._acks_applying = self._acks_applying, {}
         if isinstance(result, Failure):
             self.log.warn(
                 "group commit of {calls} calls failed: {error}",
                 calls=len(waiters),
                 error=result.value,
             )
+            for recipient, seq in applied.items():  # try those again with the next one
+                self._note_ack(recipient, seq)
             for waiter in waiters:
                 waiter.errback(result.value)
         else:
-            self.transactions += 1
+            self.acks_applied += len(applied)
+            if waiters:
+                self.transactions += 1
+            else:
+                self.ack_transactions += 1
             for waiter, outcome in zip(waiters, result, strict=True):
                 if isinstance(outcome, StoreError):
                     waiter.errback(outcome)
@@ -366,19 +406,48 @@ class SQLiteStore:
         if self._waiting:
             self._flush()
         else:
+            if self._acks and not self._stopped:
+                self._schedule_acks()
             self._maybe_idle()
 
+    def _acked(self, recipient: str) -> int:
+        """The highest seq ``recipient`` acknowledged that may not be deleted yet."""
+        return max(self._acks.get(recipient, 0), self._acks_applying.get(recipient, 0))
+
     def pending(self, recipient: str, after_seq: int, limit: int) -> Deferred[list[QueuedEnvelope]]:
-        """IStore API."""
-        return self.run(queries.pending, recipient, after_seq, limit)
+        """IStore API: acknowledged envelopes are skipped even before they are deleted."""
+        after = max(after_seq, self._acked(recipient))
+        return self.run(queries.pending, recipient, after, limit)
+
+    def acknowledge_later(self, recipient: str, up_to_seq: int) -> None:
+        """IStore API: coalesced into the next group commit (see the module docstring)."""
+        if self._stopped:
+            return
+        if self._note_ack(recipient, up_to_seq) and not self._flushing:
+            self._schedule_acks()
+
+    def _note_ack(self, recipient: str, up_to_seq: int) -> bool:
+        if up_to_seq <= self._acks.get(recipient, 0):
+            return False
+        self._acks[recipient] = up_to_seq
+        return True
+
+    def _schedule_acks(self) -> None:
+        if self._ack_call is None:
+            self._ack_call = self._clock.callLater(ACK_DELAY, self._ack_timer)
+
+    def _ack_timer(self) -> None:
+        self._ack_call = None
+        if self._acks and not self._flushing and not self._stopped:
+            self._flush()
 
     def acknowledge(self, recipient: str, up_to_seq: int) -> Deferred[int]:
         """IStore API."""
         return self.run(queries.acknowledge, recipient, up_to_seq)
 
     def queue_length(self, recipient: str) -> Deferred[int]:
-        """IStore API."""
-        return self.run(queries.queue_length, recipient)
+        """IStore API: acknowledged envelopes do not count, deleted yet or not."""
+        return self.run(queries.queue_length, recipient, self._acked(recipient))
 
     def expire(self, now: float) -> Deferred[int]:
         """IStore API: drops envelopes accepted more than ``queue_ttl`` seconds before ``now``."""

@@ -79,6 +79,10 @@ class ProtocolError(SecureChatError):
     """
 
     def __init__(self, code: str, message: str, request_id: int | None = None) -> None:
+        # The message goes back in an ``error`` frame whose text field is bounded by
+        # MAX_TEXT: cut it here, once, so no caller can make the reply undecodable.
+        if len(message) > MAX_TEXT:
+            message = message[: MAX_TEXT - 3] + "..."
         super().__init__(message)
         self.code = code
         self.message = message
@@ -185,8 +189,10 @@ def _decode_fields(spec: _Spec, m: dict[Any, Any], rid: int | None, seen: int) -
         seen += 1
     if len(m) != seen:
         known = {n for n, _, _ in spec} | {"type"}
-        extra = sorted(repr(k) for k in m if k not in known)
-        raise ProtocolError(E_BAD_REQUEST, f"unexpected field {', '.join(extra)}", rid)
+        # Name at most three of them, shortened: the reply must not echo the peer's bytes.
+        extra = sorted(repr(k)[:64] for k in m if k not in known)
+        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+        raise ProtocolError(E_BAD_REQUEST, f"unexpected field {', '.join(extra[:3])}{more}", rid)
     return out
 
 

@@ -66,7 +66,12 @@ class Relay:
 
     async def stop(self) -> None:
         assert self.daemon is not None
-        exit = await self.daemon.stop()
+        try:
+            exit = await self.daemon.stop()
+        except defer.TimeoutError:  # a hung shutdown must not leave a daemon behind
+            await self.daemon.kill()
+            self.daemon = None
+            raise
         self._old_logs.append(exit.output)
         assert "Traceback" not in exit.output, exit.output
         self.daemon = None

@@ -33,11 +33,12 @@ class KeystoreError(SecureChatError):
 
 @dataclass(frozen=True)
 class KdfParams:
-    """Argon2id cost; the defaults follow RFC 9106's second recommended profile (64 MiB)."""
+    """Argon2id cost: 64 MiB and t=3 as RFC 9106's second profile, with one lane (OpenSSL
+    4 starts threads for more lanes, and concurrent multi-lane derivations can hang)."""
 
     memory_kib: int = 65536
     iterations: int = 3
-    lanes: int = 4
+    lanes: int = 1
 
     def check(self) -> None:
         """Refuse parameters that a tampered file could use to exhaust memory or time."""

@@ -12,7 +12,7 @@ hash so they can be raised later without breaking old accounts.
 
 Stored form (PHC string format; salt and hash in unpadded standard base64)::
 
-    $argon2id$v=19$m=65536,t=3,p=4$<salt>$<hash>
+    $argon2id$v=19$m=65536,t=3,p=1$<salt>$<hash>
     $scrypt$ln=17,r=8,p=1$<salt>$<hash>
 
 The stored string is read back from a database that an attacker may have tampered with,
@@ -33,6 +33,7 @@ import binascii
 import hmac
 import os
 import re
+import threading
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,8 +84,11 @@ class HashParams:
 
 #: Production parameters. Tests pass a cheap :class:`HashParams` explicitly instead of
 #: changing this object, so a test setting can never leak into a running server.
+#: One lane: OpenSSL (cryptography 50, OpenSSL 4.0) starts internal threads for lanes > 1,
+#: and two such derivations at once on the relay's thread pool can hang for good. 64 MiB
+#: and t=3 with p=1 stays above the OWASP minimum (19 MiB, t=2, p=1).
 DEFAULT_PARAMS = HashParams(
-    argon2id=Argon2Params(memory_kib=64 * 1024, iterations=3, lanes=4),
+    argon2id=Argon2Params(memory_kib=64 * 1024, iterations=3, lanes=1),
     scrypt=ScryptParams(log2_n=17, r=8, p=1),
 )
 
@@ -138,7 +142,19 @@ def _password_bytes(password: str) -> bytes:
     return unicodedata.normalize("NFC", password).encode("utf-8", "surrogatepass")
 
 
+#: Serialises multi-lane Argon2id derivations (stored hashes with p > 1, e.g. imported):
+#: concurrent ones deadlock inside OpenSSL's thread pool (see :data:`DEFAULT_PARAMS`).
+_MULTI_LANE = threading.Lock()
+
+
 def _argon2(password: bytes, salt: bytes, params: Argon2Params, length: int) -> bytes:
+    if params.lanes > 1:
+        with _MULTI_LANE:
+            return _argon2_derive(password, salt, params, length)
+    return _argon2_derive(password, salt, params, length)
+
+
+def _argon2_derive(password: bytes, salt: bytes, params: Argon2Params, length: int) -> bytes:
     kdf = Argon2id(
         salt=salt,
         length=length,

@@ -13,10 +13,11 @@ import dataclasses
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from securechat import wire
-from securechat.server import admin, rooms
+from securechat.server import admin, keydir, rooms
 from securechat.server.relay import Relay, RelayError, Session
 from securechat.server.store.interface import ROLE_ADMIN
 
@@ -26,10 +27,14 @@ if TYPE_CHECKING:
 log = Logger(namespace="securechat.server.handlers")
 
 
-async def send(f: RelayFactory, session: Session, msg: wire.Send) -> wire.Message:
-    """Reply only once the accepted envelopes are committed."""
-    results = await f.relay.send(session, msg.items)
-    return wire.SendReply(id=msg.id, results=tuple(results))
+def send(f: RelayFactory, session: Session, msg: wire.Send) -> Deferred[wire.Message]:
+    """Reply only once the accepted envelopes are committed (a Deferred, no coroutine:
+    this is the hot path)."""
+    return f.relay.send(session, msg.items).addCallback(_send_reply, msg.id)
+
+
+def _send_reply(results: list[Any], rid: int) -> wire.Message:
+    return wire.SendReply(id=rid, results=tuple(results))
 
 
 async def ack(f: RelayFactory, session: Session, msg: wire.Ack) -> None:
@@ -41,13 +46,13 @@ async def publish_prekeys(
     f: RelayFactory, session: Session, msg: wire.PublishPrekeys
 ) -> wire.Message:
     """Store this user's prekeys for one backend."""
-    n = await f.relay.publish_prekeys(session, msg)
+    n = await keydir.publish_prekeys(f.relay, session, msg)
     return wire.PrekeysStored(id=msg.id, backend=msg.backend, one_time_count=n)
 
 
 async def fetch_bundle(f: RelayFactory, session: Session, msg: wire.FetchBundle) -> wire.Message:
     """Someone's prekey bundle."""
-    bundle = await f.relay.fetch_bundle(session, msg.user, msg.backend)
+    bundle = await keydir.fetch_bundle(f.relay, session, msg.user, msg.backend)
     return dataclasses.replace(bundle, id=msg.id)
 
 
@@ -143,9 +148,12 @@ async def admin_kick(f: RelayFactory, session: Session, msg: wire.AdminKick) -> 
 
 
 _Handler = Callable[[Any, Session, Any], Coroutine[Any, Any, wire.Message | None]]
-#: ``type`` -> handler for logged-in requests.
+_FastHandler = Callable[[Any, Session, Any], Deferred[wire.Message]]
+#: ``type`` -> hot-path handlers that return a Deferred themselves (no coroutine).
+FAST_HANDLERS: dict[str, _FastHandler] = {"send": send}
+#: ``type`` -> handler for the other logged-in requests (``ack`` is handled inline by
+#: the protocol; it is listed so that the protocol knows it as a request).
 HANDLERS: dict[str, _Handler] = {
-    "send": send,
     "ack": ack,
     "publish_prekeys": publish_prekeys,
     "fetch_bundle": fetch_bundle,

@@ -46,7 +46,7 @@ from securechat.server.auth import (
     register_user,
 )
 from securechat.server.connection import ConnectionInfo, TLSConnectionInfo, Transport
-from securechat.server.handlers import HANDLERS
+from securechat.server.handlers import FAST_HANDLERS, HANDLERS
 from securechat.server.passwords import DEFAULT_PARAMS, HashParams, ThreadRunner
 from securechat.server.ratelimit import LoginThrottle, SendLimiter
 from securechat.server.relay import ISessionSink, Relay, RelayError, Session
@@ -234,24 +234,34 @@ class RelayProtocol(Int32StringReceiver):
             return
         rid: int | None = getattr(msg, "id", None)
         kind = msg.TYPE
+        session = self.session
         if kind in _PRE_LOGIN:
             coro = _PRE_LOGIN_HANDLERS[kind](self, msg)
-        elif kind not in HANDLERS:
+        elif kind not in HANDLERS and kind not in FAST_HANDLERS:
             self.log.warn("conn {conn} sent a {type} frame", conn=self.cid, type=kind)
             self._error(rid, wire.E_UNKNOWN_TYPE, f"{kind} is not a request")
             return
-        elif self.session is None:
+        elif session is None:
             self.log.info("conn {conn}: {type} before login", conn=self.cid, type=kind)
             self._error(rid, wire.E_NOT_AUTHENTICATED, "log in first")
             return
         else:
-            coro = HANDLERS[kind](self.server, self.session, msg)
+            fast = FAST_HANDLERS.get(kind)
+            if fast is not None:
+                self._started()
+                d = fast(self.server, session, msg)
+                d.addCallbacks(self._answer, self._failed, errbackArgs=(rid, kind))
+                return
+            coro = HANDLERS[kind](self.server, session, msg)
+        self._started()
+        d2: Deferred[wire.Message | None] = Deferred.fromCoroutine(coro)
+        d2.addCallbacks(self._answer, self._failed, errbackArgs=(rid, kind))
+
+    def _started(self) -> None:
         self._in_flight += 1
         if self._in_flight >= MAX_IN_FLIGHT and not self._reading_paused:
             self._reading_paused = True
             self._tx.pauseProducing()
-        d: Deferred[wire.Message | None] = Deferred.fromCoroutine(coro)
-        d.addCallbacks(self._answer, self._failed, errbackArgs=(rid, kind))
 
     def _answer(self, reply: wire.Message | None) -> None:
         self._finished()

@@ -26,9 +26,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Interface
 
 from securechat import wire
@@ -48,6 +49,10 @@ DELIVER_BATCH = 256
 PREKEY_LOW_WATERMARK = 10
 #: Users whose existence the relay remembers, so a send does not hit the store per item.
 KNOWN_USERS_CACHE = 100_000
+#: :meth:`Relay._quick_refusal`: the policy answer needs the store.
+_LOOKUP = "lookup"
+_DELIVERED = wire.SendResult(wire.STATUS_DELIVERED)
+_QUEUED = wire.SendResult(wire.STATUS_QUEUED)
 
 
 class RelayError(Exception):
@@ -162,7 +167,7 @@ class Relay:
         self._pump(session)
         for backend in self.config.crypto.backends:
             self.store.count_one_time_prekeys(session.user, backend).addCallbacks(
-                self._maybe_low, self._log_failure, (session.user, backend), {}, ("prekey count",)
+                self.maybe_low, self._log_failure, (session.user, backend), {}, ("prekey count",)
             )
 
     def logout(self, session: Session) -> None:
@@ -273,54 +278,150 @@ class Relay:
         self.store.acknowledge_later(session.user, min(up_to, session.cursor))
 
     # -- sending -------------------------------------------------------------------------
-    async def send(self, session: Session, items: tuple[wire.SendItem, ...]) -> list[Any]:
+    def send(self, session: Session, items: tuple[wire.SendItem, ...]) -> Deferred[list[Any]]:
         """Check, store and route one ``send`` batch; one :class:`wire.SendResult` per item.
 
-        Answers only after the accepted envelopes are committed: accepted means durable.
+        Fires only after the accepted envelopes are committed: accepted means durable.
+        The common case (every policy answer cached) runs without a coroutine: the checks
+        are synchronous and the store's Deferred is returned with one callback added.
         """
         results: list[Any] = [None] * len(items)
         candidates: list[int] = []
-        sender = session.user
         for i, item in enumerate(items):
-            code = await self._refusal(session, item)
+            code = self._quick_refusal(session, item)
+            if code is None:
+                candidates.append(i)
+            elif code is _LOOKUP:
+                return Deferred.fromCoroutine(self._send_slowly(session, items))
+            else:
+                results[i] = wire.SendResult(wire.STATUS_ERROR, code)
+        candidates = self._rate_limit(session.user, results, candidates)
+        if not candidates:
+            return succeed(results)
+        d = self.store.enqueue(self._envelopes(session.user, items, candidates))
+        d.addCallbacks(
+            self._stored,
+            self._store_refused,
+            callbackArgs=(results, candidates),
+            errbackArgs=(session, items, results, candidates),
+        )
+        return d
+
+    async def _send_slowly(self, session: Session, items: tuple[wire.SendItem, ...]) -> list[Any]:
+        """:meth:`send` when some policy answer needs the store."""
+        results: list[Any] = [None] * len(items)
+        candidates: list[int] = []
+        for i, item in enumerate(items):
+            code = self._quick_refusal(session, item)
+            if code is _LOOKUP:
+                code = await self._refusal(session, item)
             if code is None:
                 candidates.append(i)
             else:
                 results[i] = wire.SendResult(wire.STATUS_ERROR, code)
-        if candidates and not self.limiter.take(sender, len(candidates)):
-            granted = 0
-            while granted < len(candidates) and self.limiter.take(sender, 1):
-                granted += 1
-            wait = self.limiter.wait_time(sender, 1)
-            for i in candidates[granted:]:
-                results[i] = wire.SendResult(wire.STATUS_ERROR, wire.E_RATE_LIMITED, wait)
-            candidates = candidates[:granted]
-        while candidates:
-            envelopes = [
-                NewEnvelope(items[i].to, sender, items[i].backend, items[i].mid, items[i].room,
-                            items[i].payload)
-                for i in candidates
-            ]  # fmt: skip
-            try:
-                stored = await self.store.enqueue(envelopes)
-            except (QueueFull, NoSuchUser) as e:
-                # The whole call was refused: mark that recipient's items, retry the rest.
-                name = str(e.args[0]) if e.args else ""
-                code = wire.E_QUEUE_FULL if isinstance(e, QueueFull) else wire.E_NO_SUCH_USER
-                if isinstance(e, NoSuchUser):
-                    self._known_users.discard(name)
-                hit = [i for i in candidates if items[i].to == name] or candidates
-                for i in hit:
-                    results[i] = wire.SendResult(wire.STATUS_ERROR, code)
-                candidates = [i for i in candidates if i not in hit]
-                continue
-            online = self.sessions
-            for i, env in zip(candidates, stored, strict=True):
-                status = wire.STATUS_DELIVERED if env.recipient in online else wire.STATUS_QUEUED
-                results[i] = wire.SendResult(status)
-            self._route(stored)
-            break
+        candidates = self._rate_limit(session.user, results, candidates)
+        return await self._store_rest(session, items, results, candidates)
+
+    def _rate_limit(self, sender: str, results: list[Any], candidates: list[int]) -> list[int]:
+        """The candidates the sender's rate allows; the others get ``rate-limited``."""
+        if not candidates or self.limiter.take(sender, len(candidates)):
+            return candidates
+        granted = 0
+        while granted < len(candidates) and self.limiter.take(sender, 1):
+            granted += 1
+        wait = self.limiter.wait_time(sender, 1)
+        for i in candidates[granted:]:
+            results[i] = wire.SendResult(wire.STATUS_ERROR, wire.E_RATE_LIMITED, wait)
+        return candidates[:granted]
+
+    @staticmethod
+    def _envelopes(
+        sender: str, items: tuple[wire.SendItem, ...], candidates: list[int]
+    ) -> list[NewEnvelope]:
+        return [
+            NewEnvelope(items[i].to, sender, items[i].backend, items[i].mid, items[i].room,
+                        items[i].payload)
+            for i in candidates
+        ]  # fmt: skip
+
+    def _stored(
+        self, stored: list[QueuedEnvelope], results: list[Any], candidates: list[int]
+    ) -> list[Any]:
+        """The accepted envelopes are committed: answer for them and push them."""
+        online = self.sessions
+        for i, env in zip(candidates, stored, strict=True):
+            results[i] = _DELIVERED if env.recipient in online else _QUEUED
+        self._route(stored)
         return results
+
+    def _store_refused(
+        self,
+        failure: Failure,
+        session: Session,
+        items: tuple[wire.SendItem, ...],
+        results: list[Any],
+        candidates: list[int],
+    ) -> Failure | Deferred[list[Any]]:
+        """A whole call was refused (queue full, user gone): mark those items, retry the rest."""
+        e = failure.value
+        if not isinstance(e, QueueFull | NoSuchUser):
+            return failure
+        rest = self._mark_refused(e, items, results, candidates)
+        return Deferred.fromCoroutine(self._store_rest(session, items, results, rest))
+
+    def _mark_refused(
+        self,
+        e: QueueFull | NoSuchUser,
+        items: tuple[wire.SendItem, ...],
+        results: list[Any],
+        candidates: list[int],
+    ) -> list[int]:
+        name = str(e.args[0]) if e.args else ""
+        code = wire.E_QUEUE_FULL if isinstance(e, QueueFull) else wire.E_NO_SUCH_USER
+        if isinstance(e, NoSuchUser):
+            self._known_users.discard(name)
+        hit = [i for i in candidates if items[i].to == name] or candidates
+        for i in hit:
+            results[i] = wire.SendResult(wire.STATUS_ERROR, code)
+        return [i for i in candidates if i not in hit]
+
+    async def _store_rest(
+        self,
+        session: Session,
+        items: tuple[wire.SendItem, ...],
+        results: list[Any],
+        candidates: list[int],
+    ) -> list[Any]:
+        while candidates:
+            try:
+                stored = await self.store.enqueue(
+                    self._envelopes(session.user, items, candidates)
+                )
+            except (QueueFull, NoSuchUser) as e:
+                candidates = self._mark_refused(e, items, results, candidates)
+                continue
+            return self._stored(stored, results, candidates)
+        return results
+
+    def _quick_refusal(self, session: Session, item: wire.SendItem) -> str | None:
+        """The per-item error code, None if policy lets ``item`` through, or ``_LOOKUP``
+        when the answer needs the store (unknown recipient, uncached room or contact)."""
+        if item.backend not in self._backends:
+            return wire.E_BACKEND_NOT_ALLOWED
+        if len(item.payload) > self._max_envelope:
+            return wire.E_TOO_LARGE
+        to = item.to
+        if to not in self._known_users:
+            return _LOOKUP
+        if item.room is not None:
+            members = self.rooms.get(item.room)
+            if members is None:
+                return _LOOKUP
+            if session.user not in members or to not in members:
+                return wire.E_NOT_A_MEMBER
+        elif self.contacts_only and to != session.user and to not in session.contacts:
+            return _LOOKUP
+        return None
 
     async def _refusal(self, session: Session, item: wire.SendItem) -> str | None:
         """The per-item error code, or None if policy lets ``item`` through."""
@@ -361,58 +462,7 @@ class Relay:
                 members = self.rooms.setdefault(room, members)
         return members
 
-    # -- key directory -------------------------------------------------------------------
-    def check_backend(self, backend: str) -> None:
-        """Refuse backends the server does not allow."""
-        if backend not in self._backends:
-            raise RelayError(wire.E_BACKEND_NOT_ALLOWED, f"backend {backend!r} is not allowed")
-
-    async def publish_prekeys(self, session: Session, msg: wire.PublishPrekeys) -> int:
-        """Store the session's prekeys; returns the one-time prekeys now available."""
-        self.check_backend(msg.backend)
-        if msg.identity_key is not None:
-            await self.store.set_identity_key(session.user, msg.identity_key)
-        one_time = [(k.key_id, k.key) for k in msg.one_time]
-        return await self.store.publish_prekeys(
-            session.user, msg.backend, msg.signed_prekey, one_time
-        )
-
-    async def fetch_bundle(self, session: Session, user: str, backend: str) -> wire.Bundle:
-        """Hand out ``user``'s bundle (each one-time prekey once) and warn them when low."""
-        self.check_backend(backend)
-        if not self.limiter.take(session.user, 1):
-            raise RelayError(
-                wire.E_RATE_LIMITED, "too many requests", self.limiter.wait_time(session.user)
-            )
-        if await self.store.get_user(user) is None:
-            raise RelayError(wire.E_NO_SUCH_USER, "no such user")
-        if self.contacts_only and user != session.user and not await self._related(session, user):
-            raise RelayError(wire.E_NOT_PERMITTED, "not a contact and no common room")
-        bundle = await self.store.fetch_bundle(user, backend)
-        if bundle is None:
-            raise RelayError(wire.E_NO_BUNDLE, f"{user} has published no keys for {backend}")
-        if bundle.one_time_prekey is not None:
-            remaining = await self.store.count_one_time_prekeys(user, backend)
-            self._maybe_low(remaining, user, backend)
-        return wire.Bundle(
-            id=0,
-            user=bundle.user,
-            backend=bundle.backend,
-            identity_key=bundle.identity_key,
-            signed_prekey=bundle.signed_prekey,
-            one_time_id=bundle.one_time_prekey_id,
-            one_time_key=bundle.one_time_prekey,
-        )
-
-    async def _related(self, session: Session, peer: str) -> bool:
-        if await self.may_contact(session, peer):
-            return True
-        for room in await self.store.user_rooms(session.user):
-            if peer in await self.room_members(room):
-                return True
-        return False
-
-    def _maybe_low(self, remaining: int, user: str, backend: str) -> None:
+    def maybe_low(self, remaining: int, user: str, backend: str) -> None:
         owner = self.sessions.get(user)
         if owner is not None and remaining < PREKEY_LOW_WATERMARK:
             owner.sink.push(wire.PrekeysLow(backend=backend, remaining=remaining))

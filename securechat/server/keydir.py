@@ -1,0 +1,63 @@
+# -*- test-case-name: tests.server.test_relay_social -*-
+"""The key directory: publishing prekeys and handing out bundles.
+
+Split from :mod:`securechat.server.relay` to keep modules small; policy comes from the
+relay (allowed backends, rate, the ``contacts`` messaging policy).
+"""
+
+from __future__ import annotations
+
+from securechat import wire
+from securechat.server.relay import Relay, RelayError, Session
+
+
+def check_backend(relay: Relay, backend: str) -> None:
+    """Refuse backends the server does not allow."""
+    if backend not in relay.config.crypto.backends:
+        raise RelayError(wire.E_BACKEND_NOT_ALLOWED, f"backend {backend!r} is not allowed")
+
+
+async def publish_prekeys(relay: Relay, session: Session, msg: wire.PublishPrekeys) -> int:
+    """Store the session's prekeys; returns the one-time prekeys now available."""
+    check_backend(relay, msg.backend)
+    if msg.identity_key is not None:
+        await relay.store.set_identity_key(session.user, msg.identity_key)
+    one_time = [(k.key_id, k.key) for k in msg.one_time]
+    return await relay.store.publish_prekeys(session.user, msg.backend, msg.signed_prekey, one_time)
+
+
+async def fetch_bundle(relay: Relay, session: Session, user: str, backend: str) -> wire.Bundle:
+    """Hand out ``user``'s bundle (each one-time prekey once) and warn them when low."""
+    check_backend(relay, backend)
+    limiter = relay.limiter
+    if not limiter.take(session.user, 1):
+        raise RelayError(wire.E_RATE_LIMITED, "too many requests", limiter.wait_time(session.user))
+    if await relay.store.get_user(user) is None:
+        raise RelayError(wire.E_NO_SUCH_USER, "no such user")
+    if relay.contacts_only and user != session.user and not await related(relay, session, user):
+        raise RelayError(wire.E_NOT_PERMITTED, "not a contact and no common room")
+    bundle = await relay.store.fetch_bundle(user, backend)
+    if bundle is None:
+        raise RelayError(wire.E_NO_BUNDLE, f"{user} has published no keys for {backend}")
+    if bundle.one_time_prekey is not None:
+        remaining = await relay.store.count_one_time_prekeys(user, backend)
+        relay.maybe_low(remaining, user, backend)
+    return wire.Bundle(
+        id=0,
+        user=bundle.user,
+        backend=bundle.backend,
+        identity_key=bundle.identity_key,
+        signed_prekey=bundle.signed_prekey,
+        one_time_id=bundle.one_time_prekey_id,
+        one_time_key=bundle.one_time_prekey,
+    )
+
+
+async def related(relay: Relay, session: Session, peer: str) -> bool:
+    """An accepted contact, or a member of one of the session's rooms."""
+    if await relay.may_contact(session, peer):
+        return True
+    for room in await relay.store.user_rooms(session.user):
+        if peer in await relay.room_members(room):
+            return True
+    return False

@@ -11,7 +11,7 @@ Reliability rules this module keeps:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred, succeed
@@ -49,6 +49,7 @@ class ChatClient:
         backend: str | None,
         clock: Callable[[], float],
         stop: Callable[[int], None],
+        call_later: Callable[[float, Callable[[], None]], object] | None = None,
     ) -> None:
         self.sessions = sessions
         self.keystore: Keystore = sessions.keystore
@@ -58,6 +59,11 @@ class ChatClient:
         self.chosen_backend = backend
         self.clock = clock
         self._stop = stop
+        if call_later is None:
+            from twisted.internet import reactor
+
+            call_later = reactor.callLater
+        self._call_later = call_later
         self.renderer: Renderer | None = None
         self.proto: WireClientProtocol | None = None
         self.welcome: wire.Welcome | None = None
@@ -90,6 +96,12 @@ class ChatClient:
 
     def _run(self, coro: Any) -> None:
         ensureDeferred(coro).addErrback(self._report)
+
+    def _serial(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run a command after every earlier one finished, so commands act in typed order
+        (``/msg bob hi`` then ``/trust bob`` trusts the key that message pinned) and quitting
+        waits for their replies."""
+        self._run(self._lock.run(lambda: ensureDeferred(make())))
 
     # -- connection life cycle -----------------------------------------------------
     def connected(self, proto: WireClientProtocol) -> None:
@@ -256,7 +268,7 @@ class ChatClient:
         return self.welcome.default_backend if self.welcome is not None else "ecdh"
 
     def send_text(self, target: str, text: str) -> None:
-        self._run(self._lock.run(lambda: ensureDeferred(self._send_text(target, text))))
+        self._serial(lambda: self._send_text(target, text))
 
     async def _send_text(self, target: str, text: str) -> None:
         if target.startswith("#"):
@@ -343,9 +355,7 @@ class ChatClient:
         self.outbox[:] = [e for e in self.outbox if e["mid"] not in done]
         self.keystore.save()
         if retry:
-            from twisted.internet import reactor
-
-            reactor.callLater(1.0, self._pump)
+            self._call_later(1.0, self._pump)
         self._maybe_finish()
 
     def _send_failed(self, failure: Failure, batch: list[dict[str, Any]]) -> None:
@@ -363,7 +373,7 @@ class ChatClient:
         async def go() -> None:
             render(await self._need_proto().request(cls, **f))
 
-        self._run(go())
+        self._serial(go)
 
     def who(self) -> None:
         self._ask(wire.Who, lambda r: self.emit("who", users=list(r.users),
@@ -411,27 +421,34 @@ class ChatClient:
                 self.keystore.save()
             self.emit("verify", **self.sessions.verify_info(user))
 
-        self._run(go())
+        self._serial(go)
 
     def trust(self, user: str) -> None:
-        try:
-            self.sessions.trust(user)
-        except KeyError:
-            self.emit("error", text=f"no key pinned for {user}: /verify {user} first")
-            return
-        self.keystore.save()
-        self.emit("info", text=f"{user} is now verified", user=user, verified=True)
+        async def go() -> None:
+            try:
+                self.sessions.trust(user)
+            except KeyError:
+                self.emit("error", text=f"no key pinned for {user}: /verify {user} first")
+                return
+            self.keystore.save()
+            self.emit("info", text=f"{user} is now verified", user=user, verified=True)
+
+        self._serial(go)
 
     def backend(self, name: str | None) -> None:
-        allowed = self.welcome.backends if self.welcome is not None else ()
-        if name is None:
-            self.emit("info", text=f"backend {self.backend_name()} (allowed: {', '.join(allowed)})",
-                      backend=self.backend_name(), allowed=list(allowed))  # fmt: skip
-        elif name not in allowed:
-            self.emit("error", text=f"backend {name!r} is not allowed here: {', '.join(allowed)}")
-        else:
-            self.chosen_backend = name
-            self.emit("info", text=f"new sessions use {name}", backend=name)
+        async def go() -> None:
+            allowed = self.welcome.backends if self.welcome is not None else ()
+            current = self.backend_name()
+            if name is None:
+                self.emit("info", text=f"backend {current} (allowed: {', '.join(allowed)})",
+                          backend=current, allowed=list(allowed))  # fmt: skip
+            elif name not in allowed:
+                self.emit("error", text=f"backend {name!r} is not allowed: {', '.join(allowed)}")
+            else:
+                self.chosen_backend = name
+                self.emit("info", text=f"new sessions use {name}", backend=name)
+
+        self._serial(go)
 
     def admin_users(self) -> None:
         def show(r: wire.AdminUsers) -> None:

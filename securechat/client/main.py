@@ -172,7 +172,7 @@ async def run(reactor: Any, s: Settings) -> None:
 
     client = ChatClient(
         SessionManager(keystore), password=s.password, register=s.register,
-        backend=s.backend, clock=time.time, stop=stop,
+        backend=s.backend, clock=time.time, stop=stop, call_later=reactor.callLater,
     )  # fmt: skip
     console = ConsoleProtocol(client, lambda write: Renderer(write, s.json))
     stdio_transport: Any = cast(Any, stdio).StandardIO(console, reactor=reactor)

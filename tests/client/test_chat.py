@@ -468,3 +468,26 @@ def store_publish(store: Any, user: str, signed: bytes | None, one_time: list[An
     store._keys.pop((user, "ecdh"), None)
     d = store.publish_prekeys(user, "ecdh", signed, list(one_time))
     assert d.called
+
+
+def test_commands_act_in_the_order_they_were_typed(net: Net) -> None:
+    """``/trust`` right after the first ``/msg`` trusts the key that message pinned."""
+    alice, net_bob = net.peer("alice"), net.peer("bob")
+    assert net_bob.events("status")
+    alice.console.dataReceived(b"/msg bob first contact\n/trust bob\n/backend\n")
+    net.flush()
+    assert alice.new_events("error") == []
+    infos = [e for e in alice.events("info") if e.get("verified")]
+    assert infos and infos[0]["user"] == "bob"
+    assert alice.client.sessions.is_verified("bob")
+
+
+def test_end_of_input_waits_for_the_replies_of_earlier_commands(net: Net) -> None:
+    """``printf '/who\\n' | securechat-client`` prints the answer before it exits."""
+    alice, _ = net.peer("alice"), net.peer("bob")
+    alice.console.dataReceived(b"/who\n")
+    alice.console.readConnectionLost()
+    assert alice.stopped == []  # the reply has not arrived yet
+    net.flush()
+    assert [e["users"] for e in alice.events("who")] == [["bob"]]
+    assert alice.stopped == [0]

@@ -31,6 +31,9 @@ from securechat.tls import ensure_tls_material, server_tls_options
 
 #: Seconds between sweeps for envelopes past ``[store] queue_ttl`` (TTLs are days long).
 EXPIRE_INTERVAL = 300.0
+#: listen(2) backlog; Twisted's 50 overflows when many clients (re)connect at once, and
+#: each dropped SYN costs a 1 s retransmission. The kernel caps it at somaxconn.
+LISTEN_BACKLOG = 1024
 Reactor = Any  # IReactorSSL + IReactorTime + IReactorCore: no single Twisted type says that
 FactoryBuilder = Callable[[ServerConfig, IStore, Reactor], IProtocolFactory]
 
@@ -88,7 +91,7 @@ class RelayService(MultiService):
             except ConfigError as err:
                 self._fail_now(str(err))
             endpoint = SSL4ServerEndpoint(  # type: ignore[no-untyped-call]
-                self._reactor, cfg.server.port, tls, interface=cfg.server.host
+                self._reactor, cfg.server.port, tls, LISTEN_BACKLOG, cfg.server.host
             )
             factory = self._build_factory(cfg, self._store, self._reactor)
             self._factory = factory

@@ -129,7 +129,8 @@ def test_start_requests_tls_listener_on_configured_address(config: ServerConfig)
     svc, store, built, exits, reactor = make(config)
     with capturedLogs() as events:
         svc.startService()
-    [(port, factory, context, _backlog, interface)] = reactor.sslServers
+    [(port, factory, context, backlog, interface)] = reactor.sslServers
+    assert backlog == tap.LISTEN_BACKLOG
     assert (port, interface) == (8555, "127.0.0.1")
     assert factory is built.factory
     assert isinstance(context, ssl.CertificateOptions)

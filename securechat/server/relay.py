@@ -52,6 +52,7 @@ KNOWN_USERS_CACHE = 100_000
 #: :meth:`Relay._quick_refusal`: the policy answer needs the store.
 _LOOKUP = "lookup"
 _DELIVERED = wire.SendResult(wire.STATUS_DELIVERED)
+_NO_ROOMS: frozenset[str] = frozenset()
 _QUEUED = wire.SendResult(wire.STATUS_QUEUED)
 
 
@@ -90,6 +91,7 @@ class Session:
         "outbox",
         "pumping",
         "role",
+        "rooms",
         "sink",
         "user",
     )
@@ -106,6 +108,8 @@ class Session:
         self.flush_call: IDelayedCall | None = None
         #: Accepted contacts, kept current by the relay while the session lives.
         self.contacts: set[str] = set()
+        #: Rooms the user is in (for presence), kept current by joins and leaves.
+        self.rooms: frozenset[str] = _NO_ROOMS
 
 
 def deliver_item(env: QueuedEnvelope) -> wire.DeliverItem:
@@ -149,8 +153,13 @@ class Relay:
         the oldest un-acknowledged envelope once :meth:`start` is called.
         """
         contacts = await self.store.list_contacts(user)
+        rooms = await self.store.user_rooms(user)
+        for room in rooms:
+            await self.room_members(room)  # cached from now on: presence reads it
         session = Session(user, role, sink)
         session.contacts = {peer for peer, state in contacts if state == CONTACT_ACCEPTED}
+        if rooms:
+            session.rooms = frozenset(rooms)
         old = self.sessions.get(user)
         self.sessions[user] = session
         self._known_users.add(user)
@@ -187,15 +196,24 @@ class Relay:
         session.outbox = []
 
     def _announce(self, session: Session, online: bool) -> None:
-        """Push a presence change to those allowed to see it."""
+        """Push a presence change to the online users related to ``session``'s user."""
         msg = wire.Presence(user=session.user, online=online)
-        for watcher in self._watchers(session):
+        for watcher in self.related_sessions(session):
             watcher.sink.push(msg)
 
-    def _watchers(self, session: Session) -> Iterable[Session]:
-        if self.contacts_only:
-            return [s for c in session.contacts if (s := self.sessions.get(c)) is not None]
-        return [s for s in self.sessions.values() if s is not session]
+    def related_sessions(self, session: Session) -> list[Session]:
+        """Live sessions of the accepted contacts and room co-members of ``session``'s user.
+
+        Presence goes to these under both policies: under ``anyone`` announcing every
+        login to every online user would cost O(N) pushes per login, O(N^2) in all;
+        ``who`` still lists everyone online there.
+        """
+        names: set[str] = set(session.contacts)
+        for room in session.rooms:
+            names.update(self.rooms.get(room, ()))
+        names.discard(session.user)
+        sessions = self.sessions
+        return [s for name in names if (s := sessions.get(name)) is not None]
 
     def who(self, session: Session) -> list[str]:
         """Online users ``session`` may see (its online contacts under ``contacts``)."""

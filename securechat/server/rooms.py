@@ -40,8 +40,8 @@ def _changed(relay: Relay, user: str, peer: str, state: str) -> None:
                 s.contacts.discard(other)
     if theirs is not None:
         theirs.sink.push(wire.ContactUpdate(user=user, state=_MIRROR[state]))
-    if state == CONTACT_ACCEPTED and relay.contacts_only and mine and theirs:
-        # Under the contacts policy they could not see each other until now.
+    if state == CONTACT_ACCEPTED and mine and theirs:
+        # Presence goes to related users only: they may not have seen each other until now.
         mine.sink.push(wire.Presence(user=peer, online=True))
         theirs.sink.push(wire.Presence(user=user, online=True))
 
@@ -98,7 +98,15 @@ async def join_room(relay: Relay, session: Session, room: str) -> tuple[str, ...
         raise RelayError(wire.E_INTERNAL, "could not join") from e
     members = relay.rooms.setdefault(room, members)
     members.add(session.user)
+    session.rooms = session.rooms | {room}
     _tell_members(relay, room, members, session.user, True)
+    # Co-members see each other's presence from now on.
+    online = wire.Presence(user=session.user, online=True)
+    for member in members:
+        s = relay.sessions.get(member)
+        if s is not None and s is not session:
+            s.sink.push(online)
+            session.sink.push(wire.Presence(user=member, online=True))
     return tuple(sorted(members))
 
 
@@ -107,6 +115,7 @@ async def leave_room(relay: Relay, session: Session, room: str) -> None:
     _check_room_name(room)
     if not await relay.store.leave_room(room, session.user):
         raise RelayError(wire.E_NOT_A_MEMBER, "you are not in that room")
+    session.rooms = session.rooms - {room}
     members = relay.rooms.get(room)
     if members is not None:
         members.discard(session.user)

@@ -15,15 +15,41 @@ def _pushes(c: Client, kind: type[wire.Message]) -> list[wire.Message]:
 
 
 def test_presence_and_who_under_anyone() -> None:
-    """Under 'anyone', everyone online sees logins and logouts and is listed by who."""
+    """Under 'anyone', who lists everyone online, but presence goes only to related users
+    (accepted contacts, room co-members): a login costs no push per online user."""
     h = Harness()
-    a = h.online("alice")
+    for name in ("alice", "bob", "carol"):
+        h.add_user(name)
+    h.store.add_contact("alice", "bob")
+    a, c = h.online("alice"), h.online("carol")
     b = h.online("bob")
     assert _pushes(a, wire.Presence) == [wire.Presence(user="bob", online=True)]
-    assert a.reply(wire.Who(id=1), wire.Online).users == ("bob",)
+    assert _pushes(c, wire.Presence) == []
+    assert a.reply(wire.Who(id=1), wire.Online).users == ("bob", "carol")
+    assert c.reply(wire.Who(id=2), wire.Online).users == ("alice", "bob")
     b.drop()
     assert _pushes(a, wire.Presence) == [wire.Presence(user="bob", online=False)]
-    assert a.reply(wire.Who(id=2), wire.Online).users == ()
+    assert _pushes(c, wire.Presence) == []
+    assert a.reply(wire.Who(id=3), wire.Online).users == ("carol",)
+
+
+def test_presence_reaches_room_co_members() -> None:
+    """Co-members of a room see each other's presence, from the join on and at later logins."""
+    h = Harness()
+    a, b, c = h.online("alice"), h.online("bob"), h.online("carol")
+    a.reply(wire.RoomJoin(id=1, room="#r"), wire.Room)
+    b.reply(wire.RoomJoin(id=2, room="#r"), wire.Room)
+    assert wire.Presence(user="bob", online=True) in a.received()
+    assert wire.Presence(user="alice", online=True) in b.received()
+    b.drop()
+    assert _pushes(a, wire.Presence) == [wire.Presence(user="bob", online=False)]
+    b = h.online("bob")
+    assert _pushes(a, wire.Presence) == [wire.Presence(user="bob", online=True)]
+    assert _pushes(c, wire.Presence) == []
+    b.reply(wire.RoomLeave(id=3, room="#r"), wire.Ok)
+    a.received()
+    b.drop()
+    assert _pushes(a, wire.Presence) == []
 
 
 def test_contacts_policy_limits_presence_who_and_sending() -> None:

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import io
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import cbor2
@@ -27,11 +28,15 @@ from securechat.wirecodec import (
     E_NOT_A_MAP,
     E_UNKNOWN_TYPE,
     MAX_ID,
+    SEND_ITEMS,
     ProtocolError,
+    SendResult,
     _decode_fields,
+    _deliver_item_map,
+    _result_map,
 )
 from securechat.wiremessages import *  # noqa: F403  (re-export: every message class)
-from securechat.wiremessages import _DECODERS, _ENCODERS, Message
+from securechat.wiremessages import _DECODERS, _ENCODERS, Ack, Deliver, Message, Send, SendReply
 
 PROTOCOL_VERSION = 1
 
@@ -93,12 +98,57 @@ _HEADER = struct.Struct(">I")
 
 def encode(msg: Message) -> bytes:
     """The CBOR body of ``msg`` (without the length prefix the framing adds)."""
+    fast = _FAST_ENCODERS.get(type(msg))
+    if fast is not None:
+        return fast(msg)
+    return _encode_generic(msg)
+
+
+def _encode_generic(msg: Message) -> bytes:
     m: dict[str, Any] = {"type": msg.TYPE}
     for name, enc in _ENCODERS[type(msg)]:
         v = getattr(msg, name)
         if v is not None:
             m[name] = v if enc is None else enc(v)
     return cbor2.dumps(m)
+
+
+# -- hot-path encoders: the same bytes as _encode_generic, built with fewer containers -----
+def _array_head(n: int) -> bytes:
+    if n < 24:
+        return bytes((0x80 + n,))
+    if n < 256:
+        return bytes((0x98, n))
+    return b"\x99" + n.to_bytes(2, "big")  # MAX_BATCH keeps arrays below 65536
+
+
+_SEND_REPLY_HEAD = b"\xa3" + b"".join(map(cbor2.dumps, ("type", "send_reply", "id")))
+_RESULTS_KEY = cbor2.dumps("results")
+_DELIVER_HEAD = b"\xa2" + b"".join(map(cbor2.dumps, ("type", "deliver", "items")))
+#: Encoded results without ``retry_after`` (a handful of status/code pairs).
+_RESULT_BYTES: dict[SendResult, bytes] = {}
+
+
+def _encode_send_reply(msg: SendReply) -> bytes:
+    parts = [_SEND_REPLY_HEAD, cbor2.dumps(msg.id), _RESULTS_KEY, _array_head(len(msg.results))]
+    for r in msg.results:
+        b = _RESULT_BYTES.get(r)
+        if b is None:
+            b = cbor2.dumps(_result_map(r))
+            if r.retry_after is None and len(_RESULT_BYTES) < 64:
+                _RESULT_BYTES[r] = b
+        parts.append(b)
+    return b"".join(parts)
+
+
+def _encode_deliver(msg: Deliver) -> bytes:
+    return _DELIVER_HEAD + cbor2.dumps([_deliver_item_map(i) for i in msg.items])
+
+
+_FAST_ENCODERS: dict[type[Any], Callable[[Any], bytes]] = {
+    SendReply: _encode_send_reply,
+    Deliver: _encode_deliver,
+}
 
 
 def encode_frame(msg: Message) -> bytes:
@@ -140,5 +190,13 @@ def decode(frame: bytes) -> Message:
     entry = _DECODERS.get(t)
     if entry is None:
         raise ProtocolError(E_UNKNOWN_TYPE, f"unknown message type {t[:64]!r}", rid)
+    if len(m) == 3 and t == "send" and rid is not None:
+        items = m.get("items")
+        if items is not None:  # exactly type, id, items: the hot path
+            return Send(id=rid, items=SEND_ITEMS(items, "items", rid))
+    elif len(m) == 2 and t == "ack":
+        up_to = m.get("up_to")
+        if type(up_to) is int and 0 <= up_to <= MAX_ID:
+            return Ack(up_to=up_to)
     cls, spec = entry
     return cls(**_decode_fields(spec, m, rid, 1))

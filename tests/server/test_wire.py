@@ -199,3 +199,41 @@ def test_protocol_doc_examples_decode_and_are_current() -> None:
     for frame, expected in zip(frames, examples(), strict=True):
         assert struct.unpack(">I", frame[:4])[0] == len(frame) - 4
         assert wire.decode(frame[4:]) == expected
+
+
+send_replies = st.builds(
+    wire.SendReply, id=ids, results=st.lists(
+        st.builds(wire.SendResult, st.sampled_from(["delivered", "queued"]), st.none(), st.none())
+        | st.builds(wire.SendResult, st.just("error"), names,
+                    st.none() | st.floats(min_value=0, max_value=1e6)),
+        max_size=30,
+    ).map(tuple),
+)  # fmt: skip
+
+
+@given(messages | send_replies)
+def test_hot_path_codecs_match_the_generic_ones(msg: wire.Message) -> None:
+    """The hand-built send_reply/deliver encoders and the send/ack decoders give exactly
+    what the generic, spec-driven code gives."""
+    body = wire._encode_generic(msg)
+    assert wire.encode(msg) == body
+    assert wire.decode(body) == msg
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"type": "ack", "up_to": -1}, wire.E_BAD_REQUEST),
+        ({"type": "ack", "up_to": True}, wire.E_BAD_REQUEST),
+        ({"type": "ack", "id": 1}, wire.E_BAD_REQUEST),
+        ({"type": "send", "id": 1, "extra": []}, wire.E_BAD_REQUEST),
+        ({"type": "send", "id": -1, "items": []}, wire.E_BAD_REQUEST),
+        ({"type": "send", "id": 1, "items": {}}, wire.E_BAD_REQUEST),
+        ({"type": "send", "id": 1, "items": [{"to": "b"}]}, wire.E_BAD_REQUEST),
+    ],
+)
+def test_hot_path_decoders_stay_strict(fields: dict[str, object], code: str) -> None:
+    """Near misses of the send/ack fast path still get the generic typed errors."""
+    with pytest.raises(wire.ProtocolError) as e:
+        wire.decode(cbor2.dumps(fields))
+    assert e.value.code == code

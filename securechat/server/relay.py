@@ -412,9 +412,7 @@ class Relay:
     ) -> list[Any]:
         while candidates:
             try:
-                stored = await self.store.enqueue(
-                    self._envelopes(session.user, items, candidates)
-                )
+                stored = await self.store.enqueue(self._envelopes(session.user, items, candidates))
             except (QueueFull, NoSuchUser) as e:
                 candidates = self._mark_refused(e, items, results, candidates)
                 continue

@@ -10,6 +10,7 @@ Envelopes are opaque bytes to the store, exactly as they are to the relay.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
@@ -49,8 +50,7 @@ class PrekeyBundle:
     one_time_prekey: bytes | None
 
 
-@dataclass(frozen=True)
-class QueuedEnvelope:
+class QueuedEnvelope(NamedTuple):
     """An envelope waiting for its recipient.
 
     ``seq`` increases strictly per recipient in acceptance order; acknowledgements are
@@ -67,8 +67,7 @@ class QueuedEnvelope:
     payload: bytes
 
 
-@dataclass(frozen=True)
-class NewEnvelope:
+class NewEnvelope(NamedTuple):
     """An envelope the relay has accepted and asks the store to make durable."""
 
     recipient: str

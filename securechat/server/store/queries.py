@@ -305,6 +305,9 @@ def user_rooms(conn: sqlite3.Connection, user: str) -> list[str]:
 
 
 # -- offline queue -------------------------------------------------------------
+_LENGTH_IF_USER = (
+    "SELECT (SELECT 1 FROM users WHERE name = ?), (SELECT count(*) FROM queue WHERE recipient = ?)"
+)
 _DELETE_ACKED = "DELETE FROM queue WHERE recipient = ? AND seq <= ?"
 
 
@@ -338,9 +341,12 @@ def enqueue_batch(
         lengths: dict[str, int | None] = {}
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'queue'").fetchone()
         seq = int(row[0]) if row else 0
-        rows: list[tuple[int, str, str, str, bytes, str | None, float, bytes]] = []
+        rows: list[QueuedEnvelope] = []  # in _INSERT_QUEUE's column order
         for envelopes in calls:
-            wanted = Counter(e.recipient for e in envelopes)
+            if len(envelopes) == 1:  # the common case, without a Counter
+                wanted: dict[str, int] = {envelopes[0].recipient: 1}
+            else:
+                wanted = Counter(e.recipient for e in envelopes)
             error = _check_limits(conn, lengths, wanted, queue_limit)
             if error is not None:
                 results.append(error)
@@ -350,14 +356,12 @@ def enqueue_batch(
             stored = []
             for e in envelopes:
                 seq += 1
-                rows.append(
-                    (seq, e.recipient, e.sender, e.backend, e.message_id, e.room, now, e.payload)
-                )
                 stored.append(
                     QueuedEnvelope(
                         seq, e.recipient, e.sender, e.backend, e.message_id, e.room, now, e.payload
                     )
                 )
+            rows += stored
             results.append(stored)
         conn.executemany(_INSERT_QUEUE, rows)
     return results
@@ -366,19 +370,25 @@ def enqueue_batch(
 def _check_limits(
     conn: sqlite3.Connection,
     lengths: dict[str, int | None],
-    wanted: Counter[str],
+    wanted: dict[str, int],
     queue_limit: int,
 ) -> StoreError | None:
     """The error one call would hit, reading each recipient's queue length at most once."""
     for recipient, n in wanted.items():
         if recipient not in lengths:
-            lengths[recipient] = queue_length(conn, recipient) if _exists(conn, recipient) else None
+            lengths[recipient] = _length_if_user(conn, recipient)
         have = lengths[recipient]
         if have is None:
             return NoSuchUser(recipient)
         if have + n > queue_limit:
             return QueueFull(recipient)
     return None
+
+
+def _length_if_user(conn: sqlite3.Connection, recipient: str) -> int | None:
+    """``recipient``'s queue length, or None if there is no such user (one statement)."""
+    row = conn.execute(_LENGTH_IF_USER, (recipient, recipient)).fetchone()
+    return None if row[0] is None else int(row[1])
 
 
 def pending(

@@ -96,9 +96,9 @@ class RelayProtocol(Int32StringReceiver):
         self._in_flight = 0
         self._reading_paused = False
         self._paused = False
-        self._held: list[bytes] = []
+        self._held: list[bytes] | None = None  # lists only while paused: most never are
         self._held_bytes = 0
-        self._waiters: list[Deferred[None]] = []
+        self._waiters: list[Deferred[None]] | None = None
         self._timer: IDelayedCall | None = None
         self._limit = 0.0
         self._last_input = 0.0
@@ -125,8 +125,6 @@ class RelayProtocol(Int32StringReceiver):
     def connectionMade(self) -> None:
         """Protocol API: start the login deadline and learn about slow readers."""
         self._tx = cast(Transport, self.transport)
-        self.info = self._info_factory(cast(ITransport, self.transport))
-        self.address = str(getattr(self._tx.getPeer(), "host", "unknown"))
         self._tx.registerProducer(self, True)
         self._set_timeout(self.server.config.server.handshake_timeout)
 
@@ -139,9 +137,20 @@ class RelayProtocol(Int32StringReceiver):
             self.log.info(
                 "{user} disconnected (conn {conn})", user=self.session.user, conn=self.cid
             )
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
+        waiters, self._waiters = self._waiters, None
+        for d in waiters or ():
             d.callback(None)
+
+    @property
+    def info(self) -> ConnectionInfo:
+        """The TLS facts of this connection, read when a login needs them (no object is
+        kept per connection)."""
+        return self._info_factory(cast(ITransport, self.transport))
+
+    @property
+    def address(self) -> str:
+        """The peer's IP address, for login throttling."""
+        return str(getattr(self._tx.getPeer(), "host", "unknown"))
 
     def timeoutConnection(self) -> None:
         """The login deadline or idle limit passed, or a close did not finish in time."""
@@ -162,13 +171,15 @@ class RelayProtocol(Int32StringReceiver):
         if not self._paused:
             self._tx.write(frame)
             return
+        if self._held is None:
+            self._held = []
         self._held.append(frame)
         self._held_bytes += len(frame)
         if self._held_bytes > self.server.config.server.max_outbound_bytes:
             who = self.session.user if self.session else None
             self.log.warn("conn {conn} ({user}) reads too slowly; dropped", conn=self.cid, user=who)
             self._closing = True
-            self._held, self._held_bytes = [], 0
+            self._held, self._held_bytes = None, 0
             self._tx.abortConnection()
 
     def close(self, code: str, reason: str) -> None:
@@ -185,6 +196,8 @@ class RelayProtocol(Int32StringReceiver):
         if not self._paused or self._closed:
             return succeed(None)
         d: Deferred[None] = Deferred()
+        if self._waiters is None:
+            self._waiters = []
         self._waiters.append(d)
         return d
 
@@ -195,11 +208,11 @@ class RelayProtocol(Int32StringReceiver):
     def resumeProducing(self) -> None:
         """IPushProducer API: the peer reads again; send what was held."""
         self._paused = False
-        held, self._held, self._held_bytes = self._held, [], 0
+        held, self._held, self._held_bytes = self._held, None, 0
         if held and not self._closed:
             self._tx.write(b"".join(held))
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
+        waiters, self._waiters = self._waiters, None
+        for d in waiters or ():
             d.callback(None)
 
     def stopProducing(self) -> None:

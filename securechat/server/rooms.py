@@ -35,9 +35,9 @@ def _changed(relay: Relay, user: str, peer: str, state: str) -> None:
     for s, other in ((mine, peer), (theirs, user)):
         if s is not None:
             if state == CONTACT_ACCEPTED:
-                s.contacts.add(other)
+                s.contacts = s.contacts | {other}
             else:
-                s.contacts.discard(other)
+                s.contacts = s.contacts - {other}
     if theirs is not None:
         theirs.sink.push(wire.ContactUpdate(user=user, state=_MIRROR[state]))
     if state == CONTACT_ACCEPTED and mine and theirs:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from securechat.server.store.interface import ROLE_USER
@@ -163,5 +164,22 @@ def test_failed_ack_transaction_is_retried(tmp_path: Path, clock: Clock) -> Any:
         clock.advance(ACK_DELAY)
         assert (yield s.run(_rows, "alice")) == [e.seq for e in stored[1:]]
         assert s.ack_transactions == 1
+    finally:
+        yield s.stop()
+
+
+@pytest.mark.parametrize("count", [1, 3, 4, 21, 64, 341])
+@pytest_twisted.inlineCallbacks
+def test_multi_row_inserts_keep_order_and_fields(tmp_path: Path, clock: Clock, count: int) -> Any:
+    """A group commit inserts its rows in chunks of fixed sizes; every row and field is
+    stored in order, for any batch size."""
+    s = SQLiteStore(section(tmp_path, queue_limit=1000), clock)
+    yield s.start()
+    try:
+        yield s.add_user("alice", ROLE_USER, None, None)
+        calls = [s.enqueue([env("alice", i, room="#r" if i % 2 else None)]) for i in range(count)]
+        stored = [e for call in (yield defer.gatherResults(calls)) for e in call]
+        assert [e.message_id for e in stored] == [b"id%d" % i for i in range(count)]
+        assert (yield s.pending("alice", 0, 10_000)) == stored
     finally:
         yield s.stop()

@@ -363,8 +363,32 @@ def enqueue_batch(
                 )
             rows += stored
             results.append(stored)
-        conn.executemany(_INSERT_QUEUE, rows)
+        _insert_rows(conn, rows)
     return results
+
+
+#: Rows per multi-row INSERT, largest first. A few fixed sizes keep the statements in
+#: sqlite3's statement cache; one statement per chunk instead of one ``executemany`` step
+#: per row saves a GIL release and re-acquisition per envelope on the store thread.
+_CHUNKS = (256, 64, 16, 4, 1)
+_INSERT_MANY = {  # only placeholders are repeated: no value is ever put in the SQL text
+    n: _INSERT_QUEUE + ", (?, ?, ?, ?, ?, ?, ?, ?)" * (n - 1) for n in _CHUNKS
+}
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: list[QueuedEnvelope]) -> None:
+    i, total = 0, len(rows)
+    max_rows = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 8  # 999 on old builds
+    for n in _CHUNKS:
+        if n > max_rows and n > 1:
+            continue
+        sql = _INSERT_MANY[n]
+        while total - i >= n:
+            if n == 1:
+                conn.executemany(sql, rows[i:])
+                return
+            conn.execute(sql, [v for row in rows[i : i + n] for v in row])
+            i += n
 
 
 def _check_limits(

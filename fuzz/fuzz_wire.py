@@ -100,6 +100,9 @@ class _FixedInfo:
     def peer_cn(self) -> str | None:
         return None
 
+    def handshake_done(self) -> bool:
+        return True
+
 
 def _inline(f: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
     """A ThreadRunner on the calling thread: everything happens inside ``dataReceived``."""

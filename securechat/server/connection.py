@@ -25,6 +25,7 @@ class Transport(Protocol):
     def pauseProducing(self) -> None: ...
     def resumeProducing(self) -> None: ...
     def registerProducer(self, producer: object, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
     def getPeer(self) -> IAddress: ...
 
 
@@ -36,6 +37,9 @@ class ConnectionInfo(Protocol):
 
     def peer_cn(self) -> str | None:
         """The CN of the client certificate TLS verified, if any."""
+
+    def handshake_done(self) -> bool:
+        """True once the TLS handshake has completed (frames can flow)."""
 
 
 class TLSConnectionInfo:
@@ -51,6 +55,11 @@ class TLSConnectionInfo:
             wire.EXPORTER_LABEL, wire.EXPORTER_LENGTH, None
         )
         return value
+
+    def handshake_done(self) -> bool:
+        """ConnectionInfo API: the client's Finished message has been received."""
+        handle = self._transport.getHandle()  # type: ignore[attr-defined]
+        return handle.get_peer_finished() is not None
 
     def peer_cn(self) -> str | None:
         """ConnectionInfo API."""

@@ -55,7 +55,7 @@ from securechat.server.store.interface import IStore
 #: Requests handled concurrently per connection before reading from it pauses.
 MAX_IN_FLIGHT = 32
 #: Seconds a closing connection may take to flush before it is aborted.
-CLOSE_GRACE = 10.0
+CLOSE_GRACE = 2.0
 _HEADER = struct.Struct(">I")
 _PRE_LOGIN = frozenset(
     {"hello", "ping", "pow_challenge", "register", "login_password", "login_challenge",
@@ -188,6 +188,17 @@ class RelayProtocol(Int32StringReceiver):
             return
         self.push(wire.Bye(code=code, message=reason))
         self._closing = True
+        # TLS will not shut down while a producer is registered, and held frames would
+        # wait for a resume that no longer comes: hand them to the transport and let go.
+        self._tx.unregisterProducer()
+        if self._held:
+            held, self._held, self._held_bytes = self._held, [], 0
+            self._tx.write(b"".join(held))
+        if not self.info.handshake_done():
+            # Before the TLS handshake finishes nothing can be sent (not even the bye) and
+            # TLS cannot shut down cleanly: a slowloris costs its timeout and no more.
+            self._tx.abortConnection()
+            return
         self._set_timeout(CLOSE_GRACE)
         self._tx.loseConnection()
 

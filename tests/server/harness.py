@@ -55,6 +55,9 @@ class FakeInfo:
     def peer_cn(self) -> str | None:
         return self.cn
 
+    def handshake_done(self) -> bool:
+        return True
+
 
 class Client:
     """One connection: sends frames into the protocol and parses what it wrote back."""

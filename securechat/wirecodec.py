@@ -56,6 +56,7 @@ E_ROOM_FULL = "room-full"
 E_BAD_NAME = "bad-name"
 E_USER_EXISTS = "user-exists"
 E_NOT_ONLINE = "not-online"
+E_UNAVAILABLE = "unavailable"  # the store failed (locked, disk full): retry after retry_after
 E_INTERNAL = "internal-error"
 # bye codes
 E_REPLACED = "replaced"

@@ -361,7 +361,13 @@ class ChatClient:
     def _send_failed(self, failure: Failure, batch: list[dict[str, Any]]) -> None:
         for entry in batch:
             self._in_flight.discard(entry["mid"])
-        if not isinstance(failure.value, ConnectionGone):
+        err = failure.value
+        if isinstance(err, RemoteError) and err.retry_after is not None:
+            # The server accepted none of the batch (store unavailable, rate limit):
+            # the entries stay in the outbox and go again after the hint.
+            self.emit("warning", text=f"server busy ({err.code}); retrying", code=err.code)
+            self._call_later(err.retry_after, self._pump)
+        elif not isinstance(err, ConnectionGone):
             self._report(failure)
 
     def _maybe_finish(self) -> None:

@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from securechat import wire
 from securechat.config import ServerConfig
+from securechat.errors import StoreError
 from securechat.server.auth import (
     Account,
     AuthError,
@@ -56,6 +57,8 @@ from securechat.server.store.interface import IStore
 MAX_IN_FLIGHT = 32
 #: Seconds a closing connection may take to flush before it is aborted.
 CLOSE_GRACE = 2.0
+#: Seconds a client is told to wait after the store failed (``unavailable``).
+STORE_RETRY_AFTER = 1.0
 _HEADER = struct.Struct(">I")
 _PRE_LOGIN = frozenset(
     {"hello", "ping", "pow_challenge", "register", "login_password", "login_challenge",
@@ -307,6 +310,13 @@ class RelayProtocol(Int32StringReceiver):
             self.log.info("conn {conn}: {kind} refused: {code}", conn=self.cid, kind=kind,
                           code=e.code)  # fmt: skip
             self._error(rid, e.code, str(type(e).__doc__ or e.code).strip())
+        elif type(e) is StoreError:
+            # Locked database, full disk, I/O error: nothing was accepted; say so plainly
+            # and let the client retry, without a traceback per request in the log.
+            self.log.warn("conn {conn}: {kind} failed: store unavailable: {error}",
+                          conn=self.cid, kind=kind, error=str(e))  # fmt: skip
+            self._error(rid, wire.E_UNAVAILABLE, "storage unavailable; nothing was accepted",
+                        STORE_RETRY_AFTER)  # fmt: skip
         else:
             self.log.failure("conn {conn}: {kind} failed", failure, conn=self.cid, kind=kind)
             self._error(rid, wire.E_INTERNAL, "internal error")

@@ -59,6 +59,7 @@ class Peer:
         self.client = ChatClient(
             SessionManager(keystore), password=password or Harness.password(name),
             register=register, backend=backend, clock=lambda: 1000.0, stop=self.stopped.append,
+            call_later=net.harness.clock.callLater,
         )  # fmt: skip
         self.console = ConsoleProtocol(self.client, lambda w: Renderer(w, True, lambda: 0.0))
         self.stdout = StringTransport()
@@ -491,3 +492,31 @@ def test_end_of_input_waits_for_the_replies_of_earlier_commands(net: Net) -> Non
     net.flush()
     assert [e["users"] for e in alice.events("who")] == [["bob"]]
     assert alice.stopped == [0]
+
+
+def test_send_is_retried_after_the_store_was_unavailable(net: Net) -> None:
+    """An ``unavailable`` reply leaves the message in the outbox; it goes again later, once."""
+    from twisted.internet import defer
+
+    from securechat.errors import StoreError
+
+    alice, bob = net.peer("alice"), net.peer("bob")
+    store = net.harness.store
+    real_enqueue = store.enqueue
+    failures = [StoreError("database is locked")]
+
+    def flaky(envelopes: Any) -> Any:
+        if failures:
+            return defer.fail(failures.pop())
+        return real_enqueue(envelopes)
+
+    store.enqueue = flaky  # type: ignore[method-assign]
+    alice.type("/msg bob are you there")
+    assert [e["code"] for e in alice.new_events("warning")] == [wire.E_UNAVAILABLE]
+    assert bob.messages() == []
+    assert len(alice.client.outbox) == 1
+    net.harness.clock.advance(5)
+    net.flush()
+    assert bob.messages() == [("alice", None, "are you there")]
+    assert alice.client.outbox == []
+    assert [e["status"] for e in alice.events("sent")] == ["delivered"]

@@ -68,6 +68,7 @@ async def test_locked_database_refuses_then_recovers(
             lock.execute("ROLLBACK")
             lock.close()
         assert code not in ACCEPTED, "a send was accepted while the database was locked"
+        assert code == wire.E_UNAVAILABLE, code  # typed and retryable, not internal-error
         assert alice.lost_reason is None and bob.lost_reason is None
         assert "database is locked" in relay.daemon.output
 
@@ -134,6 +135,7 @@ async def test_disk_full_refuses_then_recovers(reactor: Any, tmp_path: Path) -> 
             accepted = [b.mid for b, o in zip(bigs, outcomes, strict=True) if o in ACCEPTED]
             refused = {b.mid for b, o in zip(bigs, outcomes, strict=True) if o not in ACCEPTED}
             assert refused, outcomes  # the disk filled up ...
+            assert {o for o in outcomes if o not in ACCEPTED} == {wire.E_UNAVAILABLE}
             assert alice.lost_reason is None  # ... and that is an error reply, not a crash
             assert isinstance(await alice.request(wire.Ping(id=0), wire.Pong), wire.Pong)
 

@@ -450,11 +450,7 @@ class Relay:
         return None
 
     async def _refusal(self, session: Session, item: wire.SendItem) -> str | None:
-        """The per-item error code, or None if policy lets ``item`` through."""
-        if item.backend not in self._backends:
-            return wire.E_BACKEND_NOT_ALLOWED
-        if len(item.payload) > self._max_envelope:
-            return wire.E_TOO_LARGE
+        """:meth:`_quick_refusal` with the store lookups (backend and size already passed)."""
         to = item.to
         if to not in self._known_users:
             if await self.store.get_user(to) is None:

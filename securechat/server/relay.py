@@ -90,7 +90,6 @@ class Session:
         "contacts",
         "cursor",
         "dirty",
-        "flush_call",
         "outbox",
         "pumping",
         "role",
@@ -107,9 +106,8 @@ class Session:
         self.pumping = True
         self.dirty = False
         self.closed = False
-        #: Envelopes waiting for :attr:`flush_call` (the shared empty list when none is).
+        #: Envelopes waiting for the relay's next flush (the shared empty list when none).
         self.outbox: list[QueuedEnvelope] = _NO_ENVELOPES
-        self.flush_call: IDelayedCall | None = None
         #: Accepted contacts, kept current by the relay while the session lives. Immutable
         #: and shared while empty: most of 10,000 idle sessions need no set of their own.
         self.contacts: frozenset[str] = _NO_NAMES
@@ -149,6 +147,9 @@ class Relay:
         self._known_users: set[str] = set()
         #: room -> members; filled on first use, updated by every join and leave.
         self.rooms: dict[str, set[str]] = {}
+        #: Sessions with envelopes in their outbox, and the flush that sends them.
+        self._dirty: list[Session] = []
+        self._flush_call: IDelayedCall | None = None
 
     # -- sessions and presence ---------------------------------------------------------
     async def login(self, user: str, role: str, sink: Any) -> Session:
@@ -197,10 +198,7 @@ class Relay:
 
     def _end(self, session: Session) -> None:
         session.closed = True
-        if session.flush_call is not None and session.flush_call.active():
-            session.flush_call.cancel()
-        session.flush_call = None
-        session.outbox = _NO_ENVELOPES
+        session.outbox = _NO_ENVELOPES  # a pending flush skips it
 
     def _announce(self, session: Session, online: bool) -> None:
         """Push a presence change to the online users related to ``session``'s user."""
@@ -283,19 +281,23 @@ class Relay:
                 session.dirty = True
             elif env.seq > session.cursor:
                 session.cursor = env.seq
-                if session.flush_call is None:
+                if session.outbox is _NO_ENVELOPES:
                     session.outbox = [env]
-                    session.flush_call = self.clock.callLater(0, self._flush, session)
+                    self._dirty.append(session)
+                    if self._flush_call is None:  # one timer per turn for all sessions
+                        self._flush_call = self.clock.callLater(0, self._flush)
                 else:
                     session.outbox.append(env)
 
-    def _flush(self, session: Session) -> None:
-        """Send what one reactor turn committed for ``session`` in as few frames as possible."""
-        session.flush_call = None
-        out, session.outbox = session.outbox, _NO_ENVELOPES
-        for i in range(0, len(out), DELIVER_BATCH):
-            items = tuple(map(deliver_item, out[i : i + DELIVER_BATCH]))
-            session.sink.push(wire.Deliver(items=items))
+    def _flush(self) -> None:
+        """Send what one reactor turn committed, per session in as few frames as possible."""
+        self._flush_call = None
+        dirty, self._dirty = self._dirty, []
+        for session in dirty:
+            out, session.outbox = session.outbox, _NO_ENVELOPES  # empty if it closed since
+            for i in range(0, len(out), DELIVER_BATCH):
+                items = tuple(map(deliver_item, out[i : i + DELIVER_BATCH]))
+                session.sink.push(wire.Deliver(items=items))
 
     def ack(self, session: Session, up_to: int) -> None:
         """Delete ``session``'s envelopes up to ``up_to`` (never beyond what it was sent).

@@ -255,3 +255,20 @@ def test_sending_to_oneself_is_allowed() -> None:
     h = Harness(make_config(policy={"messaging": "contacts"}))
     a = h.online("alice")
     assert _send(a, item("alice"))[0].status == wire.STATUS_DELIVERED
+
+
+def test_one_flush_per_turn_skips_sessions_that_closed_meanwhile() -> None:
+    """Envelopes committed in one turn go out in one deliver per recipient, from one timer;
+    a recipient that disconnected before the flush gets nothing and loses nothing."""
+    h = Harness()
+    a, b, c = h.online("alice"), h.online("bob"), h.online("carol")
+    for x in (a, b, c):
+        x.received()
+    a.send(wire.Send(id=1, items=(item("bob", b"1"), item("carol", b"2"), item("bob", b"3"))))
+    pending = [d for d in h.clock.getDelayedCalls() if d.getTime() == h.clock.seconds()]
+    assert [d.func.__name__ for d in pending] == ["_flush"]  # one timer, not one per session
+    c.drop()
+    h.clock.advance(0)
+    delivers = [m for m in b.received() if isinstance(m, wire.Deliver)]
+    assert [[i.payload for i in d.items] for d in delivers] == [[b"1", b"3"]]
+    assert [e.payload for e in h.store._queues["carol"]] == [b"2"]

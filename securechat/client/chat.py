@@ -147,6 +147,9 @@ class ChatClient:
         if self.register and not self.keystore.state.extra.get("registered"):
             await self._register(proto, welcome)
         await self._login(proto, welcome)
+        if self.register and not self.keystore.state.extra.get("registered"):
+            self.keystore.state.extra["registered"] = True
+            self.keystore.save()
         for backend in welcome.backends:
             await self._publish(proto, backend, None)
         if self.chosen_backend is not None and self.chosen_backend not in welcome.backends:
@@ -165,13 +168,18 @@ class ChatClient:
             assert isinstance(reply, wire.PowChallengeReply)
             challenge = reply.challenge
             solution = wire.pow_solve(challenge, self.user, reply.bits)
-        await proto.request(
-            wire.Register, user=self.user, password=self.password,
-            identity_key=self.sessions.identity.public_bytes(),
-            pow_challenge=challenge, pow_solution=solution,
-        )  # fmt: skip
-        self.keystore.state.extra["registered"] = True
-        self.keystore.save()
+        try:
+            await proto.request(
+                wire.Register, user=self.user, password=self.password,
+                identity_key=self.sessions.identity.public_bytes(),
+                pow_challenge=challenge, pow_solution=solution,
+            )  # fmt: skip
+        except RemoteError as e:
+            if e.code != "name-taken" or self.password is None:
+                raise
+            # An account an admin created (securechat-admin user add): logging in with its
+            # password proves it is ours; the identity key goes up with the prekeys.
+            self.emit("info", text=f"account {self.user} exists; logging in to set it up")
 
     async def _login(self, proto: WireClientProtocol, welcome: wire.Welcome) -> None:
         methods = welcome.auth_methods

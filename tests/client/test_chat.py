@@ -520,3 +520,28 @@ def test_send_is_retried_after_the_store_was_unavailable(net: Net) -> None:
     assert bob.messages() == [("alice", None, "are you there")]
     assert alice.client.outbox == []
     assert [e["status"] for e in alice.events("sent")] == ["delivered"]
+
+
+def test_register_takes_over_an_account_the_admin_created(net: Net) -> None:
+    """``securechat-admin user add carol`` then ``securechat-client --register``: the client
+    logs in with the password, publishes its identity key, and can be messaged."""
+    net.harness.add_user("carol")  # password set by the admin, no identity key yet
+    carol, bob = net.peer("carol"), net.peer("bob")
+    assert carol.client.logged_in_once
+    assert [e for e in carol.events("info") if "exists" in e["text"]]
+    record = net.harness.store.get_user("carol").result
+    assert record.identity_key == carol.client.sessions.identity.public_bytes()
+    assert carol.on_disk().state.extra["registered"] is True
+    bob.type("/msg carol welcome aboard")
+    assert carol.messages() == [("bob", None, "welcome aboard")]
+
+
+def test_register_with_a_taken_name_and_wrong_password_fails(net: Net) -> None:
+    net.harness.add_user("alice")  # someone else's account, created by the admin
+    intruder = Peer(net, "alice", password="not alices password at all")
+    failures: list[Any] = []
+    intruder.client.first_login.addErrback(failures.append)
+    intruder.connect()
+    [failure] = failures
+    assert failure.check(LoginFailed)
+    assert not intruder.on_disk().state.extra.get("registered")

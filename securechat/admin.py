@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-file",
         type=Path,
         help="read the password from the first line of this file (default: prompt on a "
-        "terminal, otherwise no password, i.e. publickey login only)",
+        "terminal, otherwise no password: client-certificate login only)",
     )
     add.set_defaults(run=cmd_user_add)
     user_commands.add_parser("list", help="list users").set_defaults(run=cmd_user_list)
@@ -143,7 +143,7 @@ def cmd_user_add(cfg: ServerConfig, args: argparse.Namespace, out: TextIO) -> No
         password = _read_password(args)
         hashed = hash_password(password, cfg.auth.password_hash) if password else None
         queries.add_user(conn, args.name, role, hashed, None, time.time())
-    login = "password set" if hashed else "no password: publickey login only"
+    login = "password set" if hashed else "no password: client-certificate login only"
     print(f"added user {args.name} (role {role}, {login})", file=out)
 
 
@@ -152,7 +152,7 @@ def cmd_user_list(cfg: ServerConfig, args: argparse.Namespace, out: TextIO) -> N
     with _database(cfg) as conn:
         users = queries.list_users(conn)
     for u in users:
-        login = "password" if u.password_hash else "publickey-only"
+        login = "password" if u.password_hash else "publickey" if u.identity_key else "certificate"
         created = datetime.fromtimestamp(u.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         print(f"{u.name}\t{u.role}\t{login}\t{created}", file=out)
 

@@ -95,10 +95,10 @@ def test_user_add_with_password_file(initialised: Run, db_path: Path, tmp_path: 
 
 
 def test_user_add_admin_without_password(initialised: Run, db_path: Path) -> None:
-    """Without a file and without a terminal the user is publickey-only, and told so."""
+    """Without a file and without a terminal the user has no password, and is told so."""
     status, out, _ = initialised("user", "add", "root", "--admin")
     assert status == 0
-    assert out == "added user root (role admin, no password: publickey login only)\n"
+    assert out == "added user root (role admin, no password: client-certificate login only)\n"
     assert users_in(db_path)["root"] == ("admin", None)
 
 
@@ -127,7 +127,7 @@ def test_user_list_and_remove(initialised: Run, tmp_path: Path) -> None:
     lines = [line.split("\t") for line in out.splitlines()]
     assert status == 0
     assert [row[:3] for row in lines] == [
-        ["alice", "admin", "publickey-only"],
+        ["alice", "admin", "certificate"],
         ["bob", "user", "password"],
     ]
     assert all(row[3].endswith("Z") for row in lines)

@@ -11,22 +11,14 @@ that names the connection and the error code but never a payload, password or ke
 
 from __future__ import annotations
 
-import dataclasses
-import secrets
 import struct
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from importlib import metadata
 from itertools import count
-from typing import Any, cast
+from typing import cast
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import (
-    IAddress,
-    IDelayedCall,
-    IPushProducer,
-    IReactorTime,
-    ITransport,
-)
+from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime, ITransport
 from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -37,17 +29,11 @@ from zope.interface import implementer
 from securechat import wire
 from securechat.config import ServerConfig
 from securechat.errors import StoreError
-from securechat.server.auth import (
-    Account,
-    AuthError,
-    AuthService,
-    BadCredentials,
-    Throttled,
-    make_portal,
-    register_user,
-)
+from securechat.server.auth import AuthError, AuthService, BadCredentials, Throttled, make_portal
 from securechat.server.connection import ConnectionInfo, TLSConnectionInfo, Transport
+from securechat.server.deadlines import Deadlines
 from securechat.server.handlers import FAST_HANDLERS, HANDLERS
+from securechat.server.login import PRE_LOGIN_HANDLERS
 from securechat.server.passwords import DEFAULT_PARAMS, HashParams, ThreadRunner
 from securechat.server.ratelimit import LoginThrottle, SendLimiter
 from securechat.server.relay import ISessionSink, Relay, RelayError, Session
@@ -60,10 +46,6 @@ CLOSE_GRACE = 2.0
 #: Seconds a client is told to wait after the store failed (``unavailable``).
 STORE_RETRY_AFTER = 1.0
 _HEADER = struct.Struct(">I")
-_PRE_LOGIN = frozenset(
-    {"hello", "ping", "pow_challenge", "register", "login_password", "login_challenge",
-     "login_publickey", "login_certificate"}
-)  # fmt: skip
 
 
 def _server_version() -> str:
@@ -77,51 +59,63 @@ def _server_version() -> str:
 class RelayProtocol(Int32StringReceiver):
     """The server side of one client connection.
 
-    One timer serves the login deadline, the idle limit and the close grace period: it
-    is not reset per frame (that would reorder the reactor's timer heap on the hot path)
-    but re-armed for the remainder when it fires early.
+    One deadline serves the login deadline, the idle limit and the close grace period.
+    It lives in the factory's shared :class:`Deadlines` (no timer per connection: 10,000
+    may be idle) and is not moved per frame: input only records its time, and a
+    deadline that passes early is filed again for the remainder.
+
+    Per-connection state is kept small: rarely used attributes (login challenges, the
+    output held while paused) are class-level defaults until a connection needs them.
     """
 
     log = Logger()
+    #: Login state, see :mod:`securechat.server.login`.
+    logging_in = False
+    login_nonce: bytes | None = None
+    pow_challenge: bytes | None = None
+    #: Output held while the transport is paused (lists only then: most never are).
+    _held: list[bytes] | None = None
+    _held_bytes = 0
+    _waiters: list[Deferred[None]] | None = None
+    _in_flight = 0
+    _reading_paused = False
+    _paused = False
+    _closing = False
+    _closed = False
+    #: The bucket of the factory's :class:`Deadlines` this connection is filed in.
+    _deadline: set[RelayProtocol] | None = None
+    session: Session | None = None
 
-    def __init__(self, factory: RelayFactory, info: Callable[[ITransport], ConnectionInfo]):
-        self.factory = factory
+    def __init__(self, factory: RelayFactory):
         self.server = factory
-        self._info_factory = info
-        self.MAX_LENGTH = factory.config.server.max_frame_bytes
-        self.session: Session | None = None
         self.cid = next(factory.ids)
-        self._closing = False
-        self._closed = False
-        self._logging_in = False
-        self._nonce: bytes | None = None
-        self._pow: bytes | None = None
-        self._in_flight = 0
-        self._reading_paused = False
-        self._paused = False
-        self._held: list[bytes] | None = None  # lists only while paused: most never are
-        self._held_bytes = 0
-        self._waiters: list[Deferred[None]] | None = None
-        self._timer: IDelayedCall | None = None
-        self._limit = 0.0
         self._last_input = 0.0
 
     def _set_timeout(self, period: float | None) -> None:
-        """Close the connection after ``period`` seconds without input (None: never)."""
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if period is not None:
-            self._limit = period
-            self._last_input = self.server.clock.seconds()
-            self._timer = self.server.clock.callLater(period, self._timer_fired)
+        """Close the connection after ``period`` seconds without input (None: never).
 
-    def _timer_fired(self) -> None:
-        left = self._last_input + self._limit - self.server.clock.seconds()
-        if left > 0 and not self._closing:
-            self._timer = self.server.clock.callLater(left, self._timer_fired)
-            return
-        self._timer = None
+        The period in force is implied by the state: ``handshake_timeout`` before login,
+        ``idle_timeout`` after, :data:`CLOSE_GRACE` once closing.
+        """
+        deadlines = self.server.deadlines
+        if self._deadline is not None:
+            deadlines.cancel(self, self._deadline)
+            self._deadline = None
+        if period is not None:
+            self._last_input = now = self.server.clock.seconds()
+            self._deadline = deadlines.add(self, now + period)
+
+    def deadline_passed(self) -> None:
+        """Deadlines API: close, or file the deadline again if there was input since."""
+        self._deadline = None
+        if not self._closing:
+            config = self.server.config.server
+            limit = config.idle_timeout if self.session else config.handshake_timeout
+            now = self.server.clock.seconds()
+            left = self._last_input + limit - now
+            if left > 0:
+                self._deadline = self.server.deadlines.add(self, now + left)
+                return
         self.timeoutConnection()
 
     # -- connection lifecycle -------------------------------------------------------------
@@ -148,7 +142,17 @@ class RelayProtocol(Int32StringReceiver):
     def info(self) -> ConnectionInfo:
         """The TLS facts of this connection, read when a login needs them (no object is
         kept per connection)."""
-        return self._info_factory(cast(ITransport, self.transport))
+        return self.server.connection_info(cast(ITransport, self.transport))
+
+    @property
+    def gone(self) -> bool:
+        """The connection is closing or closed: a login finishing now is dropped."""
+        return self._closing or self._closed
+
+    def start_session(self, session: Session) -> None:
+        """A login succeeded: from now on requests run as ``session``."""
+        self.session = session
+        self._set_timeout(self.server.config.server.idle_timeout)
 
     @property
     def address(self) -> str:
@@ -234,6 +238,27 @@ class RelayProtocol(Int32StringReceiver):
         self._closing = True
 
     # -- input --------------------------------------------------------------------------
+    def dataReceived(self, data: bytes) -> None:
+        """Protocol API: split length-prefixed frames and hand each to ``stringReceived``.
+
+        Twisted's loop, less its check for the legacy ``recvd`` attribute: that check
+        reads ``self.__dict__``, which costs every connection a dict of its own.
+        """
+        buf = self._unprocessed + data if self._unprocessed else data
+        end, size, limit = 0, len(buf), self.server.max_frame_bytes
+        while size - end >= 4:
+            (length,) = _HEADER.unpack_from(buf, end)
+            if length > limit:
+                self._unprocessed = buf[end:]
+                self.lengthLimitExceeded(length)
+                return
+            start, end = end + 4, end + 4 + length
+            if end > size:
+                end = start - 4
+                break
+            self.stringReceived(buf[start:end])
+        self._unprocessed = buf[end:]
+
     def lengthLimitExceeded(self, length: int) -> None:
         """Int32StringReceiver API: an oversized frame closes this connection."""
         if not self._closing:
@@ -262,8 +287,9 @@ class RelayProtocol(Int32StringReceiver):
         rid: int | None = getattr(msg, "id", None)
         kind = msg.TYPE
         session = self.session
-        if kind in _PRE_LOGIN:
-            coro = _PRE_LOGIN_HANDLERS[kind](self, msg)
+        pre_login = PRE_LOGIN_HANDLERS.get(kind)
+        if pre_login is not None:
+            coro = pre_login(self, msg)
         elif kind not in HANDLERS and kind not in FAST_HANDLERS:
             self.log.warn("conn {conn} sent a {type} frame", conn=self.cid, type=kind)
             self._error(rid, wire.E_UNKNOWN_TYPE, f"{kind} is not a request")
@@ -332,105 +358,6 @@ class RelayProtocol(Int32StringReceiver):
     ) -> None:
         self.push(wire.Error(id=rid, code=code, message=message, retry_after=retry_after))
 
-    # -- handlers: connection and login -------------------------------------------------------
-    async def on_hello(self, msg: wire.Hello) -> wire.Message:
-        """Answer with the server's policy; a version we do not speak is an error."""
-        if msg.version != wire.PROTOCOL_VERSION:
-            raise RelayError(wire.E_UNSUPPORTED_VERSION, f"this server speaks version "
-                             f"{wire.PROTOCOL_VERSION}")  # fmt: skip
-        return dataclasses.replace(self.server.welcome, id=msg.id)
-
-    async def on_ping(self, msg: wire.Ping) -> wire.Message:
-        """Keep-alive."""
-        return wire.Pong(id=msg.id)
-
-    def _check_not_logged_in(self) -> None:
-        if self.session is not None:
-            raise RelayError(wire.E_ALREADY_AUTHENTICATED, "already logged in")
-        if self._logging_in:
-            raise RelayError(wire.E_BAD_REQUEST, "a login is already in progress")
-
-    async def on_pow_challenge(self, msg: wire.PowChallenge) -> wire.Message:
-        """A fresh, single-use registration challenge for this connection."""
-        self._pow = secrets.token_bytes(wire.POW_CHALLENGE_BYTES)
-        bits = self.server.config.auth.registration_pow_bits
-        return wire.PowChallengeReply(id=msg.id, challenge=self._pow, bits=bits)
-
-    async def on_register(self, msg: wire.Register) -> wire.Message:
-        """Create an account (the client logs in afterwards)."""
-        self._check_not_logged_in()
-        issued, self._pow = self._pow, None
-        challenge = b""
-        offered = msg.pow_challenge
-        if issued is not None and offered is not None and wire.constant_time_equal(issued, offered):
-            challenge = issued
-        f = self.server
-        record = await register_user(
-            f.store, f.config, msg.user, msg.password, msg.identity_key, challenge,
-            msg.pow_solution or b"", f.run_in_thread, params=f.hash_params,
-        )  # fmt: skip
-        self.log.info("registered {user} (conn {conn})", user=record.name, conn=self.cid)
-        return wire.Registered(id=msg.id, user=record.name)
-
-    async def on_login_password(self, msg: wire.LoginPassword) -> wire.Message | None:
-        """Password login."""
-        self._check_not_logged_in()
-        auth = self.server.auth
-        return await self._login(msg.id, auth.login_password(msg.user, msg.password, self.address))
-
-    async def on_login_challenge(self, msg: wire.LoginChallenge) -> wire.Message:
-        """Issue the nonce for the next public-key login on this connection."""
-        self._check_not_logged_in()
-        self._nonce = secrets.token_bytes(wire.LOGIN_NONCE_BYTES)
-        return wire.LoginNonce(id=msg.id, nonce=self._nonce)
-
-    async def on_login_publickey(self, msg: wire.LoginPublicKey) -> wire.Message | None:
-        """Public-key login; the nonce is consumed by any attempt, right or wrong."""
-        self._check_not_logged_in()
-        issued, self._nonce = self._nonce, None
-        if issued is None or not wire.constant_time_equal(issued, msg.nonce):
-            self.log.warn("conn {conn}: login nonce not issued or reused", conn=self.cid)
-            raise RelayError(wire.E_AUTH_FAILED, "login challenge not issued or already used")
-        attempt = self.server.auth.login_publickey(
-            msg.user, issued, self.info.exporter(), msg.signature, self.address
-        )
-        return await self._login(msg.id, attempt)
-
-    async def on_login_certificate(self, msg: wire.LoginCertificate) -> wire.Message | None:
-        """Log in as the verified client certificate's CN."""
-        self._check_not_logged_in()
-        cn = self.info.peer_cn()
-        if cn is None:
-            raise RelayError(wire.E_AUTH_FAILED, "no verified client certificate")
-        return await self._login(msg.id, self.server.auth.login_certificate(cn, self.address))
-
-    async def _login(self, rid: int, attempt: Deferred[Account]) -> wire.Message | None:
-        self._logging_in = True
-        try:
-            account = await attempt
-        finally:
-            self._logging_in = False
-        if self._closing or self._closed:
-            return None
-        relay = self.server.relay
-        session = await relay.login(account.name, account.role, self)
-        if self._closing or self._closed:
-            relay.logout(session)
-            return None
-        self.session = session
-        self._set_timeout(self.server.config.server.idle_timeout)
-        self.log.info("{user} logged in (conn {conn})", user=account.name, conn=self.cid)
-        self.push(wire.LoggedIn(id=rid, user=account.name, role=account.role))
-        relay.start(session)
-        return None
-
-
-_Handler = Callable[[RelayProtocol, Any], Coroutine[Any, Any, wire.Message | None]]
-#: ``type`` -> handler for requests allowed before login (methods ``on_<type>``).
-_PRE_LOGIN_HANDLERS: dict[str, _Handler] = {
-    name: getattr(RelayProtocol, "on_" + name) for name in _PRE_LOGIN
-}
-
 
 class RelayFactory(ServerFactory[RelayProtocol]):
     """Shared state of all connections: config, store, relay, authentication."""
@@ -456,7 +383,10 @@ class RelayFactory(ServerFactory[RelayProtocol]):
         self.run_in_thread = run_in_thread
         self.hash_params = hash_params
         self.connection_info = connection_info
+        self.max_frame_bytes = config.server.max_frame_bytes
         self.ids = count(1)
+        #: The login deadlines, idle limits and close grace periods of all connections.
+        self.deadlines: Deadlines[RelayProtocol] = Deadlines(clock)
         self.welcome = wire.Welcome(
             id=0,
             version=wire.PROTOCOL_VERSION,
@@ -480,7 +410,7 @@ class RelayFactory(ServerFactory[RelayProtocol]):
 
     def buildProtocol(self, addr: IAddress | None) -> RelayProtocol:
         """Factory API."""
-        return RelayProtocol(self, self.connection_info)
+        return RelayProtocol(self)
 
 
 def build_factory(

@@ -1,0 +1,145 @@
+# -*- test-case-name: tests.server.test_protocol -*-
+"""Handlers of the requests a connection may send before it is logged in.
+
+Split from :mod:`securechat.server.protocol` to keep modules small, as
+:mod:`securechat.server.handlers` holds those of logged-in connections. Each handler
+takes the connection (its per-connection login state: the registration challenge, the
+login nonce, a login in progress) and the decoded request, and returns the reply (or
+None when the reply was already sent). Refusals are raised and become typed ``error``
+replies in the protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from securechat import wire
+from securechat.server.auth import Account, register_user
+from securechat.server.relay import RelayError
+
+if TYPE_CHECKING:
+    from securechat.server.protocol import RelayProtocol
+
+log = Logger(namespace="securechat.server.login")
+
+
+async def hello(conn: RelayProtocol, msg: wire.Hello) -> wire.Message:
+    """Answer with the server's policy; a version we do not speak is an error."""
+    if msg.version != wire.PROTOCOL_VERSION:
+        raise RelayError(wire.E_UNSUPPORTED_VERSION, f"this server speaks version "
+                         f"{wire.PROTOCOL_VERSION}")  # fmt: skip
+    return dataclasses.replace(conn.server.welcome, id=msg.id)
+
+
+async def ping(conn: RelayProtocol, msg: wire.Ping) -> wire.Message:
+    """Keep-alive."""
+    return wire.Pong(id=msg.id)
+
+
+def _check_not_logged_in(conn: RelayProtocol) -> None:
+    if conn.session is not None:
+        raise RelayError(wire.E_ALREADY_AUTHENTICATED, "already logged in")
+    if conn.logging_in:
+        raise RelayError(wire.E_BAD_REQUEST, "a login is already in progress")
+
+
+async def pow_challenge(conn: RelayProtocol, msg: wire.PowChallenge) -> wire.Message:
+    """A fresh, single-use registration challenge for this connection."""
+    conn.pow_challenge = challenge = secrets.token_bytes(wire.POW_CHALLENGE_BYTES)
+    bits = conn.server.config.auth.registration_pow_bits
+    return wire.PowChallengeReply(id=msg.id, challenge=challenge, bits=bits)
+
+
+async def register(conn: RelayProtocol, msg: wire.Register) -> wire.Message:
+    """Create an account (the client logs in afterwards)."""
+    _check_not_logged_in(conn)
+    issued, conn.pow_challenge = conn.pow_challenge, None
+    challenge = b""
+    offered = msg.pow_challenge
+    if issued is not None and offered is not None and wire.constant_time_equal(issued, offered):
+        challenge = issued
+    f = conn.server
+    record = await register_user(
+        f.store, f.config, msg.user, msg.password, msg.identity_key, challenge,
+        msg.pow_solution or b"", f.run_in_thread, params=f.hash_params,
+    )  # fmt: skip
+    log.info("registered {user} (conn {conn})", user=record.name, conn=conn.cid)
+    return wire.Registered(id=msg.id, user=record.name)
+
+
+async def login_password(conn: RelayProtocol, msg: wire.LoginPassword) -> wire.Message | None:
+    """Password login."""
+    _check_not_logged_in(conn)
+    auth = conn.server.auth
+    await _login(conn, msg.id, auth.login_password(msg.user, msg.password, conn.address))
+    return None
+
+
+async def login_challenge(conn: RelayProtocol, msg: wire.LoginChallenge) -> wire.Message:
+    """Issue the nonce for the next public-key login on this connection."""
+    _check_not_logged_in(conn)
+    conn.login_nonce = nonce = secrets.token_bytes(wire.LOGIN_NONCE_BYTES)
+    return wire.LoginNonce(id=msg.id, nonce=nonce)
+
+
+async def login_publickey(conn: RelayProtocol, msg: wire.LoginPublicKey) -> wire.Message | None:
+    """Public-key login; the nonce is consumed by any attempt, right or wrong."""
+    _check_not_logged_in(conn)
+    issued, conn.login_nonce = conn.login_nonce, None
+    if issued is None or not wire.constant_time_equal(issued, msg.nonce):
+        log.warn("conn {conn}: login nonce not issued or reused", conn=conn.cid)
+        raise RelayError(wire.E_AUTH_FAILED, "login challenge not issued or already used")
+    attempt = conn.server.auth.login_publickey(
+        msg.user, issued, conn.info.exporter(), msg.signature, conn.address
+    )
+    await _login(conn, msg.id, attempt)
+    return None
+
+
+async def login_certificate(conn: RelayProtocol, msg: wire.LoginCertificate) -> wire.Message | None:
+    """Log in as the verified client certificate's CN."""
+    _check_not_logged_in(conn)
+    cn = conn.info.peer_cn()
+    if cn is None:
+        raise RelayError(wire.E_AUTH_FAILED, "no verified client certificate")
+    await _login(conn, msg.id, conn.server.auth.login_certificate(cn, conn.address))
+    return None
+
+
+async def _login(conn: RelayProtocol, rid: int, attempt: Deferred[Account]) -> None:
+    conn.logging_in = True
+    try:
+        account = await attempt
+    finally:
+        conn.logging_in = False
+    if conn.gone:
+        return
+    relay = conn.server.relay
+    session = await relay.login(account.name, account.role, conn)
+    if conn.gone:
+        relay.logout(session)
+        return
+    conn.start_session(session)
+    log.info("{user} logged in (conn {conn})", user=account.name, conn=conn.cid)
+    conn.push(wire.LoggedIn(id=rid, user=account.name, role=account.role))
+    relay.start(session)
+
+
+_Handler = Callable[["RelayProtocol", Any], Coroutine[Any, Any, wire.Message | None]]
+#: ``type`` -> handler for the requests allowed before login.
+PRE_LOGIN_HANDLERS: dict[str, _Handler] = {
+    "hello": hello,
+    "ping": ping,
+    "pow_challenge": pow_challenge,
+    "register": register,
+    "login_password": login_password,
+    "login_challenge": login_challenge,
+    "login_publickey": login_publickey,
+    "login_certificate": login_certificate,
+}

@@ -22,16 +22,18 @@ from zope.interface import implementer
 from securechat import wire
 from securechat.client.console import IChatController, Renderer
 from securechat.client.keystore import Keystore
-from securechat.client.network import ConnectionGone, RemoteError, WireClientProtocol
+from securechat.client.network import (
+    ConnectionGone,
+    LoginFailed,
+    RemoteError,
+    WireClientProtocol,
+    describe_failure,
+)
 from securechat.client.sessions import SessionManager, TrustError
 from securechat.crypto.errors import CryptoError
 
 AGENT = "securechat-client/0.1"
 FATAL_BYE = {wire.E_REPLACED, wire.E_KICKED, wire.E_REMOVED}
-
-
-class LoginFailed(Exception):
-    """The first login did not succeed; the message is the one line the user sees."""
 
 
 @implementer(IChatController)
@@ -110,7 +112,7 @@ class ChatClient:
         d.addErrback(self._setup_failed, proto)
 
     def _setup_failed(self, failure: Failure, proto: WireClientProtocol) -> None:
-        text = _describe(failure)
+        text = describe_failure(failure)
         if not self.logged_in_once:
             if not self.first_login.called:
                 self.first_login.errback(LoginFailed(text))
@@ -131,7 +133,7 @@ class ChatClient:
         elif self.logged_in_once and not self.quitting:
             self.emit("status", text="disconnected; reconnecting", state="disconnected")
         elif not self.logged_in_once and not self.first_login.called:
-            self.first_login.errback(LoginFailed(_describe(reason)))
+            self.first_login.errback(LoginFailed(describe_failure(reason)))
 
     async def _setup(self, proto: WireClientProtocol) -> None:
         self._in_setup = True
@@ -479,24 +481,3 @@ class ChatClient:
         """Stop after sends already typed are encrypted and accepted by the server."""
         self.quitting = True
         self._lock.run(succeed, None).addBoth(lambda _: self._maybe_finish())
-
-
-def _describe(failure: Failure) -> str:
-    """One line for a failed connection or login, never a traceback."""
-    err = failure.value
-    if isinstance(err, RemoteError):
-        if err.code in (wire.E_AUTH_FAILED, "bad-credentials"):
-            return "login failed: wrong user name or password"
-        return f"server refused: {err}"
-    if isinstance(err, LoginFailed):
-        return str(err)
-    if isinstance(err, ConnectionGone) and err.reason is not None:
-        return _describe(err.reason)
-    text = str(err) or type(err).__name__
-    if (
-        "certificate verify failed" in text
-        or "VerificationError" in repr(err)
-        or "SSL" in repr(type(err))
-    ):
-        return f"TLS verification of the server failed: {text}"
-    return text

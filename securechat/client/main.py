@@ -22,10 +22,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.task import deferLater, react
 
-from securechat.client.chat import ChatClient, LoginFailed
+from securechat.client.chat import ChatClient
 from securechat.client.console import ConsoleProtocol, Renderer
 from securechat.client.keystore import Keystore, KeystoreError
-from securechat.client.network import WireClientFactory
+from securechat.client.network import LoginFailed, WireClientFactory
 from securechat.client.sessions import SessionManager
 from securechat.crypto.identity import IdentityKeyPair
 from securechat.tls import client_tls_options

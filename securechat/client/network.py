@@ -149,3 +149,28 @@ class _ConnectedProtocol(WireClientProtocol):
     def connectionMade(self) -> None:
         """Protocol API: the TCP connection exists; TLS finishes with the first exchange."""
         self.on_made(self)
+
+
+class LoginFailed(Exception):
+    """The first login did not succeed; the message is the one line the user sees."""
+
+
+def describe_failure(failure: Failure) -> str:
+    """One line for a failed connection or login, never a traceback."""
+    err = failure.value
+    if isinstance(err, RemoteError):
+        if err.code in (wire.E_AUTH_FAILED, "bad-credentials"):
+            return "login failed: wrong user name or password"
+        return f"server refused: {err}"
+    if isinstance(err, LoginFailed):
+        return str(err)
+    if isinstance(err, ConnectionGone) and err.reason is not None:
+        return describe_failure(err.reason)
+    text = str(err) or type(err).__name__
+    if (
+        "certificate verify failed" in text
+        or "VerificationError" in repr(err)
+        or "SSL" in repr(type(err))
+    ):
+        return f"TLS verification of the server failed: {text}"
+    return text

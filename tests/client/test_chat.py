@@ -19,10 +19,10 @@ from twisted.test import iosim
 
 from securechat import wire
 from securechat.client import sessions as sessions_mod
-from securechat.client.chat import ChatClient, LoginFailed
+from securechat.client.chat import ChatClient
 from securechat.client.console import ConsoleProtocol, Renderer
 from securechat.client.keystore import TEST_KDF, Keystore
-from securechat.client.network import WireClientFactory, WireClientProtocol
+from securechat.client.network import LoginFailed, WireClientFactory, WireClientProtocol
 from securechat.client.sessions import SessionManager
 from securechat.crypto.identity import IdentityKeyPair
 from tests.server.harness import Harness, make_config

@@ -446,6 +446,9 @@ class ChatClient:
             except KeyError:
                 self.emit("error", text=f"no key pinned for {user}: /verify {user} first")
                 return
+            except TrustError as e:
+                self.emit("error", text=str(e))
+                return
             self.keystore.save()
             self.emit("info", text=f"{user} is now verified", user=user, verified=True)
 

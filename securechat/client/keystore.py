@@ -245,6 +245,10 @@ class Keystore:
         os.replace(tmp, self.path)
 
     # -- conveniences used by the client ------------------------------------
+    def seen_before(self, peer: str, message_id: bytes) -> bool:
+        """True if ``message_id`` from ``peer`` was already shown."""
+        return message_id in self.state.seen.get(peer, ())
+
     def remember(self, peer: str, message_id: bytes) -> bool:
         """Record ``message_id`` from ``peer``; False if it was seen before (a duplicate)."""
         seen = self.state.seen.setdefault(peer, [])

@@ -18,7 +18,7 @@ import cbor2
 
 from securechat.client.keystore import Keystore, Pin
 from securechat.crypto import envelope as env
-from securechat.crypto.errors import CryptoError, DuplicateMessage, SessionMismatch
+from securechat.crypto.errors import CryptoError, DuplicateMessage
 from securechat.crypto.identity import (
     IdentityKeyPair,
     fingerprint,
@@ -168,23 +168,38 @@ class SessionManager:
 
     # -- trust ---------------------------------------------------------------------
     def observe_identity(self, peer: str, key: bytes) -> str | None:
-        """Pin ``key`` on first contact; returns a warning text if it differs from the pin."""
+        """Pin ``key`` on first contact; returns a warning text if it differs from the pin.
+
+        A *verified* pin is never replaced by what arrives over the network: the new key is
+        held as pending and sending is blocked until the user verifies and trusts it, so a
+        relay forging one handshake cannot take the conversation over (or wreck it).
+        """
         pin = self.state.pins.get(peer)
         if pin is None:
             self.state.pins[peer] = Pin(key)
             return None
         if env.constant_time_equal(pin.identity_key, key):
             return None
-        blocked = pin.verified or bool(self.state.extra.get(f"blocked:{peer}"))
-        self.state.pins[peer] = Pin(key, verified=False, changed_from=pin.identity_key)
-        if blocked:
+        pending = self.state.extra.get(f"pending:{peer}")
+        if pin.verified or self.state.extra.get(f"blocked:{peer}"):
             self.state.extra[f"blocked:{peer}"] = True
-        # Sessions made with the old key must not be used to send any more.
+            self.state.extra[f"pending:{peer}"] = key
+            if pending is not None and env.constant_time_equal(pending, key):
+                return None  # already reported
+            return (
+                f"the identity key of {peer} has changed: sending is blocked until you "
+                f"/verify {peer} and /trust {peer} again"
+            )
+        self.state.pins[peer] = Pin(key, verified=False, changed_from=pin.identity_key)
+        self._drop_sessions(peer)
+        return f"the identity key of {peer} has changed"
+
+    def _drop_sessions(self, peer: str) -> None:
+        """Sessions made with an old key must not be used to send any more."""
+        archive = self._archive()
         for name in [k for k in self.state.sessions if k.startswith(f"{peer}|")]:
             del self.state.sessions[name]
-        return f"the identity key of {peer} has changed" + (
-            ": sending is blocked until you /verify and /trust again" if blocked else ""
-        )
+            archive.pop(name, None)
 
     def check_can_send(self, peer: str) -> None:
         if self.state.extra.get(f"blocked:{peer}"):
@@ -192,23 +207,44 @@ class SessionManager:
                 f"{peer}'s verified identity key changed: /verify {peer}, then /trust {peer}"
             )
 
-    def trust(self, peer: str) -> None:
-        """Mark the current pin verified and lift a block."""
+    def _key_to_verify(self, peer: str) -> bytes:
+        pending = self.state.extra.get(f"pending:{peer}")
+        if pending is not None:
+            return bytes(pending)
         pin = self.state.pins.get(peer)
         if pin is None:
             raise KeyError(peer)
-        self.state.pins[peer] = Pin(pin.identity_key, verified=True)
-        self.state.extra.pop(f"blocked:{peer}", None)
+        return pin.identity_key
+
+    def trust(self, peer: str) -> None:
+        """Mark the key the user last saw with ``/verify`` as verified, and lift a block.
+
+        :raises TrustError: the key changed since (or was never shown): verify again.
+        """
+        key = self._key_to_verify(peer)
+        shown = self.state.extra.get(f"shown:{peer}")
+        if shown is None or not env.constant_time_equal(bytes(shown), key):
+            raise TrustError(f"{peer}'s key is not the one last shown: /verify {peer} first")
+        old = self.state.pins.get(peer)
+        if old is not None and not env.constant_time_equal(old.identity_key, key):
+            self._drop_sessions(peer)
+        self.state.pins[peer] = Pin(key, verified=True)
+        for flag in ("blocked", "pending", "shown"):
+            self.state.extra.pop(f"{flag}:{peer}", None)
 
     def is_verified(self, peer: str) -> bool:
+        """True if the user verified ``peer``'s key and no other key has turned up since."""
         pin = self.state.pins.get(peer)
-        return pin is not None and pin.verified
+        return pin is not None and pin.verified and f"pending:{peer}" not in self.state.extra
 
     def verify_info(self, peer: str) -> dict[str, Any]:
-        """Safety number and fingerprints to compare out of band."""
-        pin = self.state.pins.get(peer)
-        if pin is None:
-            raise KeyError(peer)
+        """Safety number and fingerprints to compare out of band (of the pending key, when
+        a verified peer's key changed); remembers which key was shown, for ``/trust``."""
+        key = self._key_to_verify(peer)
+        self.state.extra[f"shown:{peer}"] = key
+        pin = Pin(
+            key, verified=self.is_verified(peer) and f"pending:{peer}" not in self.state.extra
+        )
         own = self.identity.public_bytes()
         return {
             "user": peer,
@@ -226,10 +262,14 @@ class SessionManager:
 
     def active_session(self, peer: str, backend: str) -> Session | None:
         """Our session with ``peer`` over backend ``name`` (any parameters), if any."""
+        pin = self.state.pins.get(peer)
         for key, blob in self.state.sessions.items():
             p, _, bid = key.partition("|")
             if p == peer and bid.split(":")[0] == backend:
-                return Session.from_bytes(blob, self._kem, clock=self.clock)
+                session = Session.from_bytes(blob, self._kem, clock=self.clock)
+                if pin is not None and env.constant_time_equal(session.peer_identity,
+                                                               pin.identity_key):  # fmt: skip
+                    return session
         return None
 
     def start_session(
@@ -252,6 +292,12 @@ class SessionManager:
             peer_user=peer, peer_identity=identity_key, signed_prekey=signed_prekey,
             one_time_prekey=one_time, clock=self.clock,
         )  # fmt: skip
+        key = self._session_key(peer, session.backend)
+        previous = self.state.sessions.get(key)
+        if previous is not None:
+            archive = self._archive().setdefault(key, [])
+            archive.insert(0, previous)
+            del archive[self.ARCHIVE_SIZE :]
         self.save_session(session)
         return session, warning
 
@@ -288,18 +334,14 @@ class SessionManager:
                 f"the relay's routing fields disagree with the envelope from {sender}"
             )
         warnings: list[str] = []
+        if self.keystore.seen_before(sender, message_id):
+            return None, warnings  # a duplicate or a replay: never touch session state
         key = self._session_key(sender, header.backend)
-        blob = self.state.sessions.get(key)
-        session = None if blob is None else Session.from_bytes(blob, self._kem, clock=self.clock)
-        try:
-            if session is None:
-                raise SessionMismatch("no session")
-            _, plaintext = session.decrypt(payload)
-        except DuplicateMessage:
-            return None, warnings
-        except SessionMismatch:
+        session, plaintext, archived_at = self._try_sessions(key, payload)
+        fresh = session is None
+        if session is None:
             if header.handshake is None:
-                raise CryptoError(f"no session with {sender} for this message") from None
+                raise CryptoError(f"no session with {sender} for this message")
             bid = header.backend
             session, _, plaintext, consumed = Session.respond(
                 payload, kem=self._kem(bid), identity=self.identity, local_user=self.user,
@@ -311,16 +353,70 @@ class SessionManager:
             warning = self.observe_identity(sender, session.peer_identity)
             if warning:
                 warnings.append(warning)
-        self.save_session(session)
+        self._install(key, session, archived_at, fresh)
         if not self.keystore.remember(sender, message_id):
             return None, warnings
+        assert plaintext is not None
         missing = self._gap(sender, header)
         text = decode_plaintext(plaintext)
+        pin = self.state.pins.get(sender)
+        verified = (
+            pin is not None and pin.verified
+            and env.constant_time_equal(pin.identity_key, session.peer_identity)
+        )  # fmt: skip
         return (
-            Received(sender, text, room, message_id, header.timestamp / 1000.0,
-                     self.is_verified(sender), missing),
+            Received(sender, text, room, message_id, header.timestamp / 1000.0, verified,
+                     missing),
             warnings,
         )  # fmt: skip
+
+    # -- the per-peer session record (libsignal keeps previous states the same way) -----
+    #: Earlier sessions kept per peer and backend, so that two users who started sessions
+    #: with each other at the same moment (or a restarted peer) still converge.
+    ARCHIVE_SIZE = 4
+
+    def _archive(self) -> dict[str, list[bytes]]:
+        archive: dict[str, list[bytes]] = self.state.extra.setdefault("archive", {})
+        return archive
+
+    def _try_sessions(
+        self, key: str, payload: bytes
+    ) -> tuple[Session | None, bytes | None, int | None]:
+        """Decrypt with the current session, else an archived one (all-or-nothing each).
+
+        :returns: the session that opened it, the plaintext, and its archive index (None
+            for the current session); ``(None, None, None)`` when none could.
+        :raises DuplicateMessage: a session had already decrypted this message.
+        """
+        current = self.state.sessions.get(key)
+        candidates = ([(None, current)] if current is not None else []) + list(
+            enumerate(self._archive().get(key, []))
+        )
+        for index, blob in candidates:
+            session = Session.from_bytes(blob, self._kem, clock=self.clock)
+            try:
+                _, plaintext = session.decrypt(payload)
+            except DuplicateMessage:
+                raise
+            except CryptoError:
+                continue
+            return session, plaintext, index
+        return None, None, None
+
+    def _install(self, key: str, session: Session, archived_at: int | None, fresh: bool) -> None:
+        """Make ``session`` the one we send with; a replaced current one joins the archive.
+
+        :param archived_at: index of ``session`` in the archive if it came from there.
+        :param fresh: ``session`` was just set up by ``respond`` (not the current one).
+        """
+        archive = self._archive().setdefault(key, [])
+        previous = self.state.sessions.get(key)
+        if archived_at is not None:
+            del archive[archived_at]
+        if previous is not None and (archived_at is not None or fresh):
+            archive.insert(0, previous)
+        del archive[self.ARCHIVE_SIZE :]
+        self.state.sessions[key] = session.to_bytes()
 
     def _gap(self, peer: str, header: env.Header) -> int:
         """Messages skipped in the peer's sending chain since the last one we saw."""

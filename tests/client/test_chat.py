@@ -438,7 +438,7 @@ def test_quit_waits_for_pending_sends(net: Net) -> None:
 def test_sending_to_a_verified_peer_with_a_changed_key_is_blocked(net: Net) -> None:
     alice, bob = net.peer("alice"), net.peer("bob")
     alice.type("/msg bob hi")
-    alice.type("/trust bob")
+    alice.type("/verify bob", "/trust bob")
     assert alice.events("info")[-1]["verified"] is True
     # The relay now hands out other keys for bob (a malicious relay, or bob re-installed).
     impostor = SessionManager(
@@ -459,7 +459,9 @@ def test_sending_to_a_verified_peer_with_a_changed_key_is_blocked(net: Net) -> N
     # Even a new attempt stays blocked until /trust.
     alice.type("/msg bob again?")
     assert "verified identity key changed" in alice.events("error")[-1]["text"]
-    alice.type("/trust bob", "/msg bob now trusted")
+    alice.type("/trust bob")  # never shown: refused
+    assert "not the one last shown" in alice.events("error")[-1]["text"]
+    alice.type("/verify bob", "/trust bob", "/msg bob now trusted")
     assert alice.events("sent")[-1]["peer"] == "bob"
 
 
@@ -472,10 +474,10 @@ def store_publish(store: Any, user: str, signed: bytes | None, one_time: list[An
 
 
 def test_commands_act_in_the_order_they_were_typed(net: Net) -> None:
-    """``/trust`` right after the first ``/msg`` trusts the key that message pinned."""
+    """``/verify`` and ``/trust`` right after the first ``/msg`` act on the key it pinned."""
     alice, net_bob = net.peer("alice"), net.peer("bob")
     assert net_bob.events("status")
-    alice.console.dataReceived(b"/msg bob first contact\n/trust bob\n/backend\n")
+    alice.console.dataReceived(b"/msg bob first contact\n/verify bob\n/trust bob\n/backend\n")
     net.flush()
     assert alice.new_events("error") == []
     infos = [e for e in alice.events("info") if e.get("verified")]

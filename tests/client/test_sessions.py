@@ -199,6 +199,7 @@ def test_key_change_of_an_unverified_peer_is_a_warning(tmp_path: Path) -> None:
 def test_verified_peer_whose_key_changes_is_blocked_until_trusted(tmp_path: Path) -> None:
     alice, bob = manager(tmp_path, "alice"), manager(tmp_path, "bob")
     start(alice, "bob", publish(bob, "ecdh"))
+    alice.verify_info("bob")  # /verify shows the safety number; /trust needs that first
     alice.trust("bob")
     assert got(bob, send(alice, "bob", "ecdh", "verified")).verified is False  # bob did not
     assert got(alice, send(bob, "alice", "ecdh", "ok")).verified is True
@@ -208,7 +209,11 @@ def test_verified_peer_whose_key_changes_is_blocked_until_trusted(tmp_path: Path
     with pytest.raises(TrustError, match=r"/verify bob, then /trust bob"):
         start(alice, "bob", publish(mallory_as_bob, "ecdh"))
     assert not alice.is_verified("bob")
-    assert alice.active_session("bob", "ecdh") is None  # the old session is gone too
+    # The verified key stays pinned and its session is kept (the real bob's messages still
+    # decrypt); the new key waits as pending, and nothing can be sent until it is trusted.
+    assert alice.active_session("bob", "ecdh") is not None
+    with pytest.raises(TrustError):
+        alice.trust("bob")  # the new key was never shown
     # The block survives a restart.
     alice = reopen(alice)
     with pytest.raises(TrustError):
@@ -228,12 +233,14 @@ def test_incoming_handshake_with_a_changed_key_warns_the_receiver(tmp_path: Path
     alice, bob = manager(tmp_path, "alice"), manager(tmp_path, "bob")
     start(bob, "alice", publish(alice, "ecdh"))
     got(alice, send(bob, "alice", "ecdh", "first"))
+    alice.verify_info("bob")
     alice.trust("bob")
     impostor = manager(tmp_path, "bob", home="impostor")
     start(impostor, "alice", publish(alice, "ecdh"))
     received, warnings = receive(alice, send(impostor, "alice", "ecdh", "it is me, bob"))
     assert warnings == [
-        "the identity key of bob has changed: sending is blocked until you /verify and /trust again"
+        "the identity key of bob has changed: sending is blocked until you /verify bob and "
+        "/trust bob again"
     ]
     assert received is not None and received.verified is False
     with pytest.raises(TrustError):
@@ -274,3 +281,72 @@ def test_prekeys_are_published_once_and_topped_up(tmp_path: Path) -> None:
     assert signed_again is None and len(more) == 1
     assert len({i for i, _ in one_time + more}) == 3
     assert bob.prekeys_to_publish("ecdh", 2) == (None, [])
+
+
+def test_simultaneous_first_contact_converges(tmp_path: Path) -> None:
+    """Both sides start a session and send before either first message arrives (a room,
+    typically): every later message still decrypts, in both directions."""
+    alice, bob = manager(tmp_path, "alice"), manager(tmp_path, "bob")
+    start(alice, "bob", publish(bob, "ecdh"))
+    start(bob, "alice", publish(alice, "ecdh"))
+    from_alice = send(alice, "bob", "ecdh", "hi bob (a)")
+    from_bob = send(bob, "alice", "ecdh", "hi alice (b)")
+    assert got(bob, from_alice).text == "hi bob (a)"
+    assert got(alice, from_bob).text == "hi alice (b)"
+    for i in range(3):
+        assert got(bob, send(alice, "bob", "ecdh", f"a{i}")).text == f"a{i}"
+        assert got(alice, send(bob, "alice", "ecdh", f"b{i}")).text == f"b{i}"
+    # And it survives both keystores being reopened.
+    alice, bob = reopen(alice), reopen(bob)
+    assert got(bob, send(alice, "bob", "ecdh", "after restart")).text == "after restart"
+    assert got(alice, send(bob, "alice", "ecdh", "me too")).text == "me too"
+
+
+def test_forged_handshake_does_not_take_over_a_verified_peer(tmp_path: Path) -> None:
+    """A relay injecting one handshake under bob's name gets a warning and a block, but the
+    real bob's messages keep decrypting and his verified key stays pinned."""
+    alice, bob = manager(tmp_path, "alice"), manager(tmp_path, "bob")
+    start(bob, "alice", publish(alice, "ecdh"))
+    got(alice, send(bob, "alice", "ecdh", "hello"))
+    got(bob, send(alice, "bob", "ecdh", "hello back"))
+    alice.verify_info("bob")
+    alice.trust("bob")
+
+    forger = manager(tmp_path, "bob", home="forger")
+    start(forger, "alice", publish(alice, "ecdh"))
+    forged, warnings = receive(alice, send(forger, "alice", "ecdh", "trust mallory"))
+    assert forged is not None and forged.verified is False
+    assert warnings and "blocked" in warnings[0]
+    assert alice.state.pins["bob"].identity_key == bob.identity.public_bytes()
+    assert alice.state.pins["bob"].verified
+
+    real = got(alice, send(bob, "alice", "ecdh", "the real bob"))
+    assert (real.text, real.verified) == ("the real bob", True)
+    with pytest.raises(TrustError):
+        alice.check_can_send("bob")  # blocked until the user decides
+    # /verify shows the new key; only trusting that lifts the block.
+    assert alice.verify_info("bob")["fingerprint"] != alice.verify_info("bob")["own_fingerprint"]
+    alice.trust("bob")
+    assert alice.state.pins["bob"].identity_key == forger.identity.public_bytes()
+
+
+def test_a_replayed_first_message_does_not_replace_the_session(tmp_path: Path) -> None:
+    alice, bob = manager(tmp_path, "alice"), manager(tmp_path, "bob")
+    start(alice, "bob", publish(bob, "ecdh", with_one_time=False))
+    first = send(alice, "bob", "ecdh", "first")
+    got(bob, first)
+    got(alice, send(bob, "alice", "ecdh", "reply"))
+    received, _ = receive(bob, first)  # the relay replays the handshake envelope
+    assert received is None
+    assert got(alice, send(bob, "alice", "ecdh", "still fine")).text == "still fine"
+    assert got(bob, send(alice, "bob", "ecdh", "and back")).text == "and back"
+
+
+def test_trust_needs_the_key_that_verify_showed(tmp_path: Path) -> None:
+    alice, bob = manager(tmp_path, "alice"), manager(tmp_path, "bob")
+    start(alice, "bob", publish(bob, "ecdh"))
+    with pytest.raises(TrustError, match="last shown"):
+        alice.trust("bob")
+    alice.verify_info("bob")
+    alice.trust("bob")
+    assert alice.is_verified("bob")

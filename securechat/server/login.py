@@ -113,19 +113,21 @@ async def login_certificate(conn: RelayProtocol, msg: wire.LoginCertificate) -> 
 
 
 async def _login(conn: RelayProtocol, rid: int, attempt: Deferred[Account]) -> None:
+    # Held until the session is started (or the login failed): a second login on this
+    # connection while the relay registers the first must not make a second session.
     conn.logging_in = True
     try:
         account = await attempt
+        if conn.gone:
+            return
+        relay = conn.server.relay
+        session = await relay.login(account.name, account.role, conn)
+        if conn.gone:
+            relay.logout(session)
+            return
+        conn.start_session(session)
     finally:
         conn.logging_in = False
-    if conn.gone:
-        return
-    relay = conn.server.relay
-    session = await relay.login(account.name, account.role, conn)
-    if conn.gone:
-        relay.logout(session)
-        return
-    conn.start_session(session)
     log.info("{user} logged in (conn {conn})", user=account.name, conn=conn.cid)
     conn.push(wire.LoggedIn(id=rid, user=account.name, role=account.role))
     relay.start(session)

@@ -176,6 +176,37 @@ class Harness:
         return client
 
 
+class GatedStore:
+    """Wraps a store: calls named in ``hold`` do their work at once but fire only when
+    :meth:`release` is called (a query done on the database thread whose result has not
+    reached the reactor yet). Install with ``h.relay.store = GatedStore(h.store)``."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.hold: set[str] = set()
+        self.held: list[tuple[str, defer.Deferred[Any], list[Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name not in self.hold:
+            return attr
+
+        def held(*args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+            results: list[Any] = []
+            attr(*args, **kwargs).addBoth(results.append)
+            out: defer.Deferred[Any] = defer.Deferred()
+            self.held.append((name, out, results))
+            return out
+
+        return held
+
+    def release(self) -> None:
+        """Fire every held call (and those held while firing), oldest first."""
+        while self.held:
+            _name, d, results = self.held.pop(0)
+            d.callback(results[0])
+
+
 def item(
     to: str,
     payload: bytes = b"ciphertext",

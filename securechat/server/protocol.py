@@ -243,13 +243,18 @@ class RelayProtocol(Int32StringReceiver):
 
         Twisted's loop, less its check for the legacy ``recvd`` attribute: that check
         reads ``self.__dict__``, which costs every connection a dict of its own.
+
+        Input after :meth:`close` is dropped, never buffered: a peer that keeps sending
+        to a closing connection must not grow its memory.
         """
+        if self._closing or self._closed:
+            return
         buf = self._unprocessed + data if self._unprocessed else data
         end, size, limit = 0, len(buf), self.server.max_frame_bytes
         while size - end >= 4:
             (length,) = _HEADER.unpack_from(buf, end)
             if length > limit:
-                self._unprocessed = buf[end:]
+                self._unprocessed = b""
                 self.lengthLimitExceeded(length)
                 return
             start, end = end + 4, end + 4 + length

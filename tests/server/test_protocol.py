@@ -77,6 +77,24 @@ def test_oversize_frame_disconnects() -> None:
     _healthy(h, a, b)
 
 
+def test_input_after_close_is_dropped_not_buffered() -> None:
+    """Neither an oversize frame nor anything sent after a close is kept in memory."""
+    h = Harness()
+    evil = h.connect()
+    evil.send_raw(struct.pack(">I", h.config.server.max_frame_bytes + 1) + b"x" * 100)
+    assert evil.proto._closing and evil.proto._unprocessed == b""
+    for _ in range(50):
+        evil.send_raw(b"y" * 65536)
+    assert evil.proto._unprocessed == b""
+
+    polite = h.online("alice")
+    polite.proto.close(wire.E_KICKED, "bye")
+    polite.send_raw(struct.pack(">I", 1000) + b"z" * 10)  # a partial frame
+    polite.send_raw(wire.encode_frame(wire.Ping(id=5)))
+    assert polite.proto._unprocessed == b""
+    assert not any(isinstance(m, wire.Pong) for m in polite.received())
+
+
 def test_unknown_type_and_wrong_types_keep_connection() -> None:
     """Unknown types and ill-typed fields get typed errors with the request id."""
     h = Harness()

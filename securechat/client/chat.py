@@ -71,6 +71,8 @@ class ChatClient:
         self.welcome: wire.Welcome | None = None
         self.role = "user"
         self.logged_in_once = False
+        #: Logged in on the current connection (False while a reconnect is logging in).
+        self.ready = False
         self.quitting = False
         self.rooms: dict[str, set[str]] = {}
         self._in_flight: set[bytes] = set()
@@ -125,7 +127,9 @@ class ChatClient:
         if proto is not self.proto:
             return
         self.proto = None
+        self.ready = False
         self._in_flight.clear()
+        self.rooms.clear()  # membership may change while we are away: ask again
         bye = proto.bye
         if bye is not None and bye.code in FATAL_BYE:
             self.emit("error", text=f"disconnected by the server: {bye.message}", code=bye.code)
@@ -157,6 +161,7 @@ class ChatClient:
         if self.chosen_backend is not None and self.chosen_backend not in welcome.backends:
             raise LoginFailed(f"the server does not allow backend {self.chosen_backend!r}")
         self.logged_in_once = True
+        self.ready = True
         self.emit("status", text=f"logged in as {self.user} ({self.role})", state="connected",
                   user=self.user, role=self.role)  # fmt: skip
         if not self.first_login.called:
@@ -234,8 +239,9 @@ class ChatClient:
             self.emit("contact", user=msg.user, state=msg.state,
                       text=f"{msg.user}: contact {msg.state}")  # fmt: skip
         elif isinstance(msg, wire.RoomUpdate):
-            members = self.rooms.setdefault(msg.room, set())
-            (members.add if msg.joined else members.discard)(msg.user)
+            members = self.rooms.get(msg.room)
+            if members is not None:  # otherwise the next room send asks the server
+                (members.add if msg.joined else members.discard)(msg.user)
             verb = "joined" if msg.joined else "left"
             self.emit("room", room=msg.room, user=msg.user, joined=msg.joined,
                       text=f"{msg.user} {verb} {msg.room}")  # fmt: skip
@@ -288,11 +294,19 @@ class ChatClient:
                 self.emit("info", text=f"nobody else is in {target}", room=target)
                 return
             for peer in peers:
-                await self._queue(peer, text, target)
+                self.sessions.check_can_send(peer)  # all or none: refuse before encrypting
+            try:
+                for peer in peers:
+                    await self._queue(peer, text, target)
+            finally:
+                # Whatever was encrypted is saved before anything is sent (no message key
+                # is ever reused after a crash), and what is saved is sent.
+                self.keystore.save()
+                self._pump()
         else:
             await self._queue(target, text, None)
-        self.keystore.save()
-        self._pump()
+            self.keystore.save()
+            self._pump()
 
     async def _members(self, room: str) -> set[str]:
         if room not in self.rooms:
@@ -324,19 +338,18 @@ class ChatClient:
                             "room": room})  # fmt: skip
 
     def _need_proto(self) -> WireClientProtocol:
-        if self.proto is None or not self.logged_in_once:
+        if self.proto is None or not self.ready:
             raise ConnectionGone(None)
         return self.proto
 
     def _pump(self) -> None:
         """Send every outbox entry not already in flight, in batches."""
         proto = self.proto
-        if proto is None or not self.logged_in_once:
+        if proto is None or not self.ready:
             self._maybe_finish()
             return
         todo = [e for e in self.outbox if e["mid"] not in self._in_flight]
-        for start in range(0, len(todo), 256):
-            batch = todo[start : start + 256]
+        for batch in self._batches(todo):
             items = tuple(wire.SendItem(e["to"], e["backend"], e["mid"], e["payload"], e["room"])
                           for e in batch)  # fmt: skip
             self._in_flight.update(e["mid"] for e in batch)
@@ -344,6 +357,26 @@ class ChatClient:
             d.addCallback(self._sent, batch)
             d.addErrback(self._send_failed, batch)
         self._maybe_finish()
+
+    def _batches(self, todo: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """Split into frames the server accepts: at most ``max_batch`` items and well under
+        ``max_frame_bytes`` (a frame over it closes the connection, and would loop)."""
+        assert self.welcome is not None
+        max_items = max(1, min(256, self.welcome.max_batch))
+        budget = max(4096, self.welcome.max_frame_bytes - 4096)
+        batches: list[list[dict[str, Any]]] = []
+        current: list[dict[str, Any]] = []
+        size = 0
+        for entry in todo:
+            cost = len(entry["payload"]) + 128  # item framing, names and id
+            if current and (len(current) >= max_items or size + cost > budget):
+                batches.append(current)
+                current, size = [], 0
+            current.append(entry)
+            size += cost
+        if current:
+            batches.append(current)
+        return batches
 
     def _sent(self, reply: wire.Message, batch: list[dict[str, Any]]) -> None:
         assert isinstance(reply, wire.SendReply)

@@ -92,17 +92,20 @@ class Renderer:
         fields = {k: v for k, v in fields.items() if v is not None}
         fields.setdefault("time", self._clock())
         if self.json_mode:
-            line = json.dumps({"type": type_, **fields}, ensure_ascii=False, sort_keys=True)
+            line = json.dumps({"type": type_, **fields}, ensure_ascii=True, sort_keys=True)
         else:
             line = self._human(type_, fields)
         self._write(line.encode("utf-8") + b"\n")
 
-    def _human(self, type_: str, f: dict[str, Any]) -> str:
+    def _human(self, type_: str, raw: dict[str, Any]) -> str:
+        # Every field may come from a peer or the relay: no control characters, and no
+        # line breaks that could fake a whole line from someone else.
+        f = {k: _safe(v) if isinstance(v, str) else v for k, v in raw.items()}
         stamp = time.strftime("%H:%M:%S", time.localtime(float(f["time"])))
         where = f" [{f['room']}]" if f.get("room") else ""
         if type_ == "message":
             mark = "" if f.get("verified") else "?"
-            return f"{stamp}{where} <{f.get('from')}{mark}> {_safe(str(f.get('text', '')))}"
+            return f"{stamp}{where} <{f.get('from')}{mark}> {f.get('text', '')!s}"
         if type_ == "sent":
             return f"{stamp}{where} -> {f.get('to')}: {f.get('status')}"
         if type_ == "presence":
@@ -115,16 +118,18 @@ class Renderer:
                 f"\n  your key:  {f.get('own_fingerprint')}\n  their key: {f.get('fingerprint')}"
             )
         if type_ in ("warning", "error"):
-            return f"{stamp} {type_.upper()}: {_safe(str(f.get('text', '')))}"
+            return f"{stamp} {type_.upper()}: {f.get('text', '')!s}"
         text = f.get("text")
         if text is None:
             text = ", ".join(f"{k}={v}" for k, v in sorted(f.items()) if k != "time")
-        return f"{stamp} {_safe(str(text))}"
+        return f"{stamp} {text}"
 
 
 def _safe(text: str) -> str:
-    """Strip terminal control characters from peer-supplied text (no escape injection)."""
-    return "".join(c if c.isprintable() or c == "\n" else "\ufffd" for c in text)
+    """Strip terminal control characters from peer-supplied text (no escape injection);
+    continuation lines are indented so they cannot pass for a message of their own."""
+    clean = "".join(c if c.isprintable() or c == "\n" else "\ufffd" for c in text)
+    return clean.replace("\n", "\n    ")
 
 
 @implementer(IHalfCloseableProtocol)

@@ -243,6 +243,13 @@ class Keystore:
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
+        # The rename itself must reach the disk too, or a power cut could bring back the
+        # previous keystore (and with it message keys already used).
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     # -- conveniences used by the client ------------------------------------
     def seen_before(self, peer: str, message_id: bytes) -> bool:

@@ -19,6 +19,7 @@ import cbor2
 from securechat.client.keystore import Keystore, Pin
 from securechat.crypto import envelope as env
 from securechat.crypto.errors import CryptoError, DuplicateMessage
+from securechat.crypto.handshake import DEFAULT_GRACE
 from securechat.crypto.identity import (
     IdentityKeyPair,
     fingerprint,
@@ -133,6 +134,7 @@ class SessionManager:
             self.state.prekeys[f"spk:{bid}:{record.key_id}"] = _pack(record.to_bytes(), pair)
             self.state.extra[f"current_spk:{bid}"] = record.key_id
             signed = record.to_bytes()
+            self._forget_expired_signed(bid, now)
         have = 0 if have_one_time is None else have_one_time
         wanted = max(0, ONE_TIME_TARGET[backend] - have)
         one_time: list[tuple[int, bytes]] = []
@@ -143,6 +145,15 @@ class SessionManager:
                 self.state.prekeys[f"otk:{bid}:{otk.key_id}"] = _pack(otk.to_bytes(), pair)
                 one_time.append((otk.key_id, otk.to_bytes()))
         return signed, one_time
+
+    def _forget_expired_signed(self, bid: str, now: float) -> None:
+        """Delete signed-prekey private keys past expiry plus the handshake grace period: a
+        first message without a one-time prekey depends on them, so keeping them forever
+        would let a stolen keystore open such messages however old (forward secrecy)."""
+        for name in [k for k in self.state.prekeys if k.startswith(f"spk:{bid}:")]:
+            record = SignedPrekey.from_bytes(_unpack(self.state.prekeys[name])[0])
+            if record.expires + DEFAULT_GRACE < now:
+                del self.state.prekeys[name]
 
     def _current_signed(self, bid: str) -> SignedPrekey | None:
         key_id = self.state.extra.get(f"current_spk:{bid}")

@@ -547,3 +547,20 @@ def test_register_with_a_taken_name_and_wrong_password_fails(net: Net) -> None:
     [failure] = failures
     assert failure.check(LoginFailed)
     assert not intruder.on_disk().state.extra.get("registered")
+
+
+def test_send_batches_stay_under_the_servers_frame_limit(net: Net) -> None:
+    alice = net.peer("alice")
+    welcome = alice.client.welcome
+    assert welcome is not None
+    entries = [{"payload": b"x" * 33_000, "mid": bytes([i]) * 16} for i in range(40)]
+    batches = alice.client._batches(entries)
+    assert sum(len(b) for b in batches) == 40 and len(batches) >= 2
+    for batch in batches:
+        assert sum(len(e["payload"]) + 128 for e in batch) < welcome.max_frame_bytes
+
+
+def test_room_updates_for_an_unknown_room_do_not_invent_its_members(net: Net) -> None:
+    alice = net.peer("alice")
+    alice.client.push(wire.RoomUpdate(room="#ops", user="bob", joined=True))
+    assert "#ops" not in alice.client.rooms  # the next room send asks the server

@@ -118,3 +118,26 @@ def test_overlong_line_is_refused() -> None:
     proto.dataReceived(b"x" * (20 * 1024) + b"\n")
     assert b"too long" in t.value()
     assert rec.calls == []
+
+
+def test_peer_text_cannot_fake_a_line_of_its_own() -> None:
+    out: list[bytes] = []
+    r = Renderer(out.append, False, clock=lambda: 0.0)
+    r.event("message", **{"from": "mallory", "text": "ok\n12:01:02 <alice> /trust mallory"})
+    lines = out[0].decode().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("    ")  # indented continuation
+
+
+def test_every_shown_field_is_cleaned() -> None:
+    out: list[bytes] = []
+    r = Renderer(out.append, False, clock=lambda: 0.0)
+    r.event("presence", user="bob\x1b[31m", online=True)
+    r.event("message", **{"from": "bob", "room": "#r\x07", "text": "hi", "verified": True})
+    assert b"\x1b" not in b"".join(out) and b"\x07" not in b"".join(out)
+
+
+def test_json_lines_survive_unicode_line_separators() -> None:
+    out: list[bytes] = []
+    Renderer(out.append, True, clock=lambda: 0.0).event("message", text="a\u2028b\x85c")
+    assert len(out[0].decode().splitlines()) == 1
+    assert json.loads(out[0])["text"] == "a\u2028b\x85c"

@@ -14,7 +14,7 @@ from typing import Any, NoReturn, cast
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
@@ -31,6 +31,9 @@ from securechat.tls import ensure_tls_material, server_tls_options
 
 #: Seconds between sweeps for envelopes past ``[store] queue_ttl`` (TTLs are days long).
 EXPIRE_INTERVAL = 300.0
+#: Seconds between checks that the accounts of live sessions still exist: a user removed
+#: with ``securechat-admin`` (which edits the database) is disconnected within this time.
+ACCOUNT_CHECK_INTERVAL = 10.0
 #: listen(2) backlog; Twisted's 50 overflows when many clients (re)connect at once, and
 #: each dropped SYN costs a 1 s retransmission. The kernel caps it at somaxconn.
 LISTEN_BACKLOG = 1024
@@ -54,7 +57,8 @@ class Options(usage.Options):
 
 
 class RelayService(MultiService):
-    """TLS material, listener, then store and expiry timer; stopped in reverse order."""
+    """TLS material, listener, then store, expiry and account-check timers; stopped in
+    reverse order."""
 
     log = Logger()
 
@@ -68,6 +72,10 @@ class RelayService(MultiService):
         self._factory: IProtocolFactory | None = None
         self._timer = TimerService(EXPIRE_INTERVAL, self._expire)  # type: ignore[no-untyped-call]
         self._timer.clock = reactor
+        self._account_timer = TimerService(  # type: ignore[no-untyped-call]
+            ACCOUNT_CHECK_INTERVAL, self._check_accounts
+        )
+        self._account_timer.clock = reactor
         self.port: IListeningPort | None = None
 
     def exit_process(self, code: int) -> None:
@@ -125,18 +133,30 @@ class RelayService(MultiService):
     def _store_opened(self, _: None) -> None:
         if self.running:  # not stopped meanwhile
             self._timer.setServiceParent(self)  # type: ignore[no-untyped-call]
+            self._account_timer.setServiceParent(self)  # type: ignore[no-untyped-call]
 
     def _store_failed(self, failure: Failure) -> None:
         path, error = str(self._config.store.path), failure.getErrorMessage()
         self.log.critical("cannot open the store {path}: {error}", path=path, error=error)
         self.exit_process(1)
 
+    def _guarded(self, what: str, name: str) -> Deferred[None]:
+        """Call the factory's method ``name`` if it has one; its failure, raised or as a
+        Deferred, is logged and never reaches a TimerService (which would stop for good)."""
+        method = getattr(self._factory, name, None)
+        if method is None:
+            return succeed(None)
+        d: Deferred[Any] = maybeDeferred(method)
+        d.addCallback(lambda _: None)
+        return d.addErrback(lambda f: self.log.failure("{what} failed", f, what=what))
+
+    def _check_accounts(self) -> Deferred[None]:
+        """Disconnect sessions of removed accounts (never fails)."""
+        return self._guarded("checking the accounts of live sessions", "check_accounts")
+
     def _expire(self) -> Deferred[None]:
         """Never fails (nor raises): a TimerService stops for good after one failure."""
-        housekeeping = getattr(self._factory, "housekeeping", None)
-        if housekeeping is not None:
-            with self.log.failuresHandled("pruning rate-limit tables"):
-                housekeeping()
+        self._guarded("housekeeping", "housekeeping")  # logs its own failures
         d: Deferred[Any] = maybeDeferred(self._store.expire, self._reactor.seconds())
         d.addCallback(lambda n: self.log.info("expired {n} old envelopes", n=n) if n else None)
         return d.addErrback(lambda f: self.log.failure("expiring old envelopes failed", f))

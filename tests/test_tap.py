@@ -234,12 +234,59 @@ def test_failing_expire_does_not_kill_the_timer(config: ServerConfig, sync: bool
     assert all(f["log_failure"].check(RuntimeError) for f in failures)
 
 
+class CheckingFactory(ServerFactory):
+    """A factory with the relay's periodic hooks, recording calls and failing on demand."""
+
+    protocol = Protocol
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.calls: list[str] = []
+        self.fail: str | None = None
+
+    def _hook(self, name: str) -> defer.Deferred[int]:
+        self.calls.append(f"{name}@{self.clock.seconds():g}")
+        if self.fail == "raise":
+            raise RuntimeError(f"{name} bug")
+        if self.fail == "errback":
+            return defer.fail(RuntimeError(f"{name}: database is locked"))
+        return defer.succeed(0)
+
+    def housekeeping(self) -> defer.Deferred[int]:
+        return self._hook("housekeeping")
+
+    def check_accounts(self) -> defer.Deferred[int]:
+        return self._hook("check_accounts")
+
+
+@pytest.mark.parametrize("fail", [None, "raise", "errback"])
+def test_account_check_timer(config: ServerConfig, fail: str | None) -> None:
+    """Accounts are checked every ACCOUNT_CHECK_INTERVAL, housekeeping with each expiry
+    sweep; a check that raises or errbacks is logged and the timers keep running."""
+    svc, _store, built, _exits, reactor = make(config)
+    factory = built.factory = CheckingFactory(reactor)
+    factory.fail = fail
+    with capturedLogs() as events:
+        svc.startService()
+        for _ in range(int(tap.EXPIRE_INTERVAL / tap.ACCOUNT_CHECK_INTERVAL)):
+            reactor.advance(tap.ACCOUNT_CHECK_INTERVAL)
+    checks = [c for c in factory.calls if c.startswith("check_accounts")]
+    assert len(checks) == tap.EXPIRE_INTERVAL / tap.ACCOUNT_CHECK_INTERVAL + 1
+    assert checks[1] == f"check_accounts@{tap.ACCOUNT_CHECK_INTERVAL:g}"
+    assert [c for c in factory.calls if c.startswith("housekeeping")] == [
+        "housekeeping@0", f"housekeeping@{tap.EXPIRE_INTERVAL:g}"
+    ]
+    failures = [e for e in events if "log_failure" in e]
+    assert len(failures) == (0 if fail is None else len(factory.calls))
+    assert all(f["log_failure"].check(RuntimeError) for f in failures)
+
+
 def test_stop_closes_listener_then_store(config: ServerConfig) -> None:
-    """stopService stops the port and the timer, then closes (flushes) the store."""
+    """stopService stops the port and the timers, then closes (flushes) the store."""
     svc, store, _built, _exits, reactor = make(config)
     svc.startService()
     children = list(svc)
-    assert len(children) == 2 and all(child.running for child in children)
+    assert len(children) == 3 and all(child.running for child in children)
     d = svc.stopService()
     assert d.called
     assert store.events[-1] == "stop"

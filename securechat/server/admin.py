@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.server.test_relay_admin -*-
-"""Administrative commands for users with role ``admin``.
+"""Administrative commands for users with role ``admin``, and the account checks that
+keep live sessions in step with changes made by ``securechat-admin``.
 
-The protocol checks the role before calling anything here; these functions assume it.
+The protocol checks the role (:func:`is_admin`) before calling the commands here; they
+assume it.
 Password hashing runs through the injected ``run_in_thread`` because it takes tens of
 milliseconds by design and must never run on the reactor thread.
 """
@@ -12,7 +14,7 @@ from securechat import wire
 from securechat.errors import UserExists
 from securechat.server.auth import valid_username
 from securechat.server.passwords import DEFAULT_PARAMS, HashParams, ThreadRunner, hash_password
-from securechat.server.relay import Relay, RelayError
+from securechat.server.relay import Relay, RelayError, Session
 from securechat.server.store.interface import ROLE_ADMIN, ROLE_USER
 
 
@@ -61,3 +63,39 @@ def kick(relay: Relay, user: str) -> None:
     """Close ``user``'s live session."""
     if not relay.kick(user, wire.E_KICKED, "disconnected by an administrator"):
         raise RelayError(wire.E_NOT_ONLINE, "that user is not connected")
+
+
+async def is_admin(relay: Relay, session: Session) -> bool:
+    """The account behind ``session`` still exists and is an administrator *now*.
+
+    Read from the store, not the session: ``securechat-admin`` edits the database of a
+    running server, so a cached role may be stale.
+    """
+    if session.role != ROLE_ADMIN:
+        return False
+    record = await relay.store.get_user(session.user)
+    if record is None or record.role != ROLE_ADMIN:
+        session.role = record.role if record is not None else ROLE_USER
+        return False
+    return True
+
+
+async def drop_removed_sessions(relay: Relay) -> int:
+    """Close the live sessions whose account was removed (one ``get_user`` each, one
+    after the other so the store is never flooded); returns how many were closed.
+
+    Roles are refreshed on the way, so a demoted administrator's session shows it.
+    """
+    dropped = 0
+    for user, session in list(relay.sessions.items()):
+        record = await relay.store.get_user(user)
+        if relay.sessions.get(user) is not session:
+            continue  # logged out or replaced meanwhile
+        if record is None:
+            relay.log.info("{user} was removed; closing the session", user=user)
+            relay.kick(user, wire.E_REMOVED, "your account was removed")
+            relay.forget_user(user)
+            dropped += 1
+        else:
+            session.role = record.role
+    return dropped

@@ -19,7 +19,6 @@ from twisted.logger import Logger
 from securechat import wire
 from securechat.server import admin, keydir, rooms
 from securechat.server.relay import Relay, RelayError, Session
-from securechat.server.store.interface import ROLE_ADMIN
 
 if TYPE_CHECKING:
     from securechat.server.protocol import RelayFactory
@@ -109,8 +108,8 @@ async def room_members(f: RelayFactory, session: Session, msg: wire.RoomMembers)
     return wire.Room(id=msg.id, room=msg.room, members=members)
 
 
-def _admin(f: RelayFactory, session: Session, what: str) -> Relay:
-    if session.role != ROLE_ADMIN:
+async def _admin(f: RelayFactory, session: Session, what: str) -> Relay:
+    if not await admin.is_admin(f.relay, session):
         log.warn("{user} tried {what} without admin role", user=session.user, what=what)
         raise RelayError(wire.E_NOT_PERMITTED, "administrators only")
     return f.relay
@@ -118,13 +117,13 @@ def _admin(f: RelayFactory, session: Session, what: str) -> Relay:
 
 async def admin_list(f: RelayFactory, session: Session, msg: wire.AdminList) -> wire.Message:
     """All users with their role and whether they are online."""
-    users = await admin.list_users(_admin(f, session, "admin_list"))
+    users = await admin.list_users(await _admin(f, session, "admin_list"))
     return wire.AdminUsers(id=msg.id, users=users)
 
 
 async def admin_add_user(f: RelayFactory, session: Session, msg: wire.AdminAddUser) -> wire.Message:
     """Create an account."""
-    relay = _admin(f, session, "admin_add_user")
+    relay = await _admin(f, session, "admin_add_user")
     await admin.add_user(relay, f.run_in_thread, msg.user, msg.role, msg.password,
                          f.hash_params)  # fmt: skip
     log.info("{admin} added {user}", admin=session.user, user=msg.user)
@@ -135,14 +134,14 @@ async def admin_remove_user(
     f: RelayFactory, session: Session, msg: wire.AdminRemoveUser
 ) -> wire.Message:
     """Delete an account."""
-    await admin.remove_user(_admin(f, session, "admin_remove_user"), msg.user)
+    await admin.remove_user(await _admin(f, session, "admin_remove_user"), msg.user)
     log.info("{admin} removed {user}", admin=session.user, user=msg.user)
     return wire.Ok(id=msg.id)
 
 
 async def admin_kick(f: RelayFactory, session: Session, msg: wire.AdminKick) -> wire.Message:
     """Disconnect a user."""
-    admin.kick(_admin(f, session, "admin_kick"), msg.user)
+    admin.kick(await _admin(f, session, "admin_kick"), msg.user)
     log.info("{admin} kicked {user}", admin=session.user, user=msg.user)
     return wire.Ok(id=msg.id)
 

@@ -29,6 +29,7 @@ from zope.interface import implementer
 from securechat import wire
 from securechat.config import ServerConfig
 from securechat.errors import StoreError
+from securechat.server import admin
 from securechat.server.auth import AuthError, AuthService, BadCredentials, Throttled, make_portal
 from securechat.server.connection import ConnectionInfo, TLSConnectionInfo, Transport
 from securechat.server.deadlines import Deadlines
@@ -408,10 +409,17 @@ class RelayFactory(ServerFactory[RelayProtocol]):
             max_room_members=config.policy.max_room_members,
         )
 
-    def housekeeping(self) -> None:
-        """Drop idle rate-limit and login-throttle buckets so their tables stay small."""
+    def housekeeping(self) -> Deferred[int]:
+        """Drop idle rate-limit and login-throttle buckets so their tables stay small, and
+        check live sessions' accounts (:meth:`check_accounts`)."""
         self.relay.limiter.prune()
         self.auth.prune()
+        return self.check_accounts()
+
+    def check_accounts(self) -> Deferred[int]:
+        """Close sessions whose account was removed behind the server's back (by
+        ``securechat-admin`` on the database); fires with how many were closed."""
+        return Deferred.fromCoroutine(admin.drop_removed_sessions(self.relay))
 
     def buildProtocol(self, addr: IAddress | None) -> RelayProtocol:
         """Factory API."""

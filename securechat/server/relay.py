@@ -36,6 +36,7 @@ from securechat import wire
 from securechat.config import ServerConfig
 from securechat.errors import NoSuchUser, QueueFull, StoreError
 from securechat.server.ratelimit import SendLimiter
+from securechat.server.social import ChangeCounter, read_social
 from securechat.server.store.interface import (
     CONTACT_ACCEPTED,
     IStore,
@@ -145,6 +146,7 @@ class Relay:
         self._backends = frozenset(config.crypto.backends)
         self._max_envelope = config.policy.max_envelope_bytes
         self._known_users: set[str] = set()
+        self.changes = ChangeCounter()  #: bumped by every contact or room change
         #: room -> members; filled on first use, updated by every join and leave.
         self.rooms: dict[str, set[str]] = {}
         #: Sessions with envelopes in their outbox, and the flush that sends them.
@@ -158,10 +160,7 @@ class Relay:
         The older connection is told why and closed; delivery on the new one starts from
         the oldest un-acknowledged envelope once :meth:`start` is called.
         """
-        contacts = await self.store.list_contacts(user)
-        rooms = await self.store.user_rooms(user)
-        for room in rooms:
-            await self.room_members(room)  # cached from now on: presence reads it
+        contacts, rooms = await read_social(self.store, self.room_members, self.changes, user)
         session = Session(user, role, sink)
         accepted = [peer for peer, state in contacts if state == CONTACT_ACCEPTED]
         if accepted:
@@ -239,6 +238,7 @@ class Relay:
 
     def forget_user(self, user: str) -> None:
         """Drop caches about a removed user."""
+        self.changes.bump(user)
         self._known_users.discard(user)
         for members in self.rooms.values():
             members.discard(user)

@@ -29,7 +29,12 @@ _MIRROR = {
 
 
 def _changed(relay: Relay, user: str, peer: str, state: str) -> None:
-    """Update caches after ``user``'s relation with ``peer`` became ``state``; tell ``peer``."""
+    """Update caches after ``user``'s relation with ``peer`` became ``state``; tell ``peer``.
+
+    Logins in flight of either user read their contacts again (see
+    :mod:`securechat.server.social`).
+    """
+    relay.changes.bump(user, peer)
     mine = relay.sessions.get(user)
     theirs = relay.sessions.get(peer)
     for s, other in ((mine, peer), (theirs, user)):
@@ -96,6 +101,7 @@ async def join_room(relay: Relay, session: Session, room: str) -> tuple[str, ...
         await relay.store.join_room(room, session.user)
     except StoreError as e:
         raise RelayError(wire.E_INTERNAL, "could not join") from e
+    relay.changes.bump(session.user)
     members = relay.rooms.setdefault(room, members)
     members.add(session.user)
     session.rooms = session.rooms | {room}
@@ -115,6 +121,7 @@ async def leave_room(relay: Relay, session: Session, room: str) -> None:
     _check_room_name(room)
     if not await relay.store.leave_room(room, session.user):
         raise RelayError(wire.E_NOT_A_MEMBER, "you are not in that room")
+    relay.changes.bump(session.user)
     session.rooms = session.rooms - {room}
     members = relay.rooms.get(room)
     if members is not None:

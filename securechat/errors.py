@@ -37,3 +37,7 @@ class NoSuchUser(StoreError):
 
 class QueueFull(StoreError):
     """The recipient's offline queue is full."""
+
+
+class TooManyPrekeys(StoreError):
+    """Storing these one-time prekeys would exceed the per-backend limit."""

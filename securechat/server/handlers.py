@@ -64,6 +64,7 @@ async def contact_request(
     f: RelayFactory, session: Session, msg: wire.ContactRequest
 ) -> wire.Message:
     """Ask for a contact."""
+    keydir.take_token(f.relay, session)
     state = await rooms.request_contact(f.relay, session, msg.user)
     return wire.ContactState(id=msg.id, user=msg.user, state=state)
 
@@ -72,6 +73,7 @@ async def contact_accept(
     f: RelayFactory, session: Session, msg: wire.ContactAccept
 ) -> wire.Message:
     """Accept a contact request."""
+    keydir.take_token(f.relay, session)
     state = await rooms.accept_contact(f.relay, session, msg.user)
     return wire.ContactState(id=msg.id, user=msg.user, state=state)
 
@@ -80,6 +82,7 @@ async def contact_remove(
     f: RelayFactory, session: Session, msg: wire.ContactRemove
 ) -> wire.Message:
     """Remove a contact."""
+    keydir.take_token(f.relay, session)
     state = await rooms.remove_contact(f.relay, session, msg.user)
     return wire.ContactState(id=msg.id, user=msg.user, state=state)
 
@@ -92,12 +95,14 @@ async def contact_list(f: RelayFactory, session: Session, msg: wire.ContactList)
 
 async def room_join(f: RelayFactory, session: Session, msg: wire.RoomJoin) -> wire.Message:
     """Join a room."""
+    keydir.take_token(f.relay, session)
     members = await rooms.join_room(f.relay, session, msg.room)
     return wire.Room(id=msg.id, room=msg.room, members=members)
 
 
 async def room_leave(f: RelayFactory, session: Session, msg: wire.RoomLeave) -> wire.Message:
     """Leave a room."""
+    keydir.take_token(f.relay, session)
     await rooms.leave_room(f.relay, session, msg.room)
     return wire.Ok(id=msg.id)
 

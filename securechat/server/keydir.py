@@ -8,7 +8,20 @@ relay (allowed backends, rate, the ``contacts`` messaging policy).
 from __future__ import annotations
 
 from securechat import wire
+from securechat.errors import TooManyPrekeys
 from securechat.server.relay import Relay, RelayError, Session
+
+#: One-time prekeys kept per user and backend; a publish that would exceed it is refused
+#: with ``too-large`` and stores nothing (a client tops up to a few hundred at most).
+MAX_STORED_ONE_TIME = 1000
+
+
+def take_token(relay: Relay, session: Session) -> None:
+    """Charge one token of the user's send rate for a request that writes to the store
+    or costs a bundle; refuse with ``rate-limited`` when there is none left."""
+    limiter = relay.limiter
+    if not limiter.take(session.user, 1):
+        raise RelayError(wire.E_RATE_LIMITED, "too many requests", limiter.wait_time(session.user))
 
 
 def check_backend(relay: Relay, backend: str) -> None:
@@ -18,20 +31,30 @@ def check_backend(relay: Relay, backend: str) -> None:
 
 
 async def publish_prekeys(relay: Relay, session: Session, msg: wire.PublishPrekeys) -> int:
-    """Store the session's prekeys; returns the one-time prekeys now available."""
+    """Store the session's prekeys; returns the one-time prekeys now available.
+
+    Refused with ``too-large`` (and nothing stored) when the user would then hold more
+    than :data:`MAX_STORED_ONE_TIME` one-time prekeys for the backend.
+    """
     check_backend(relay, msg.backend)
+    take_token(relay, session)
+    one_time = [(k.key_id, k.key) for k in msg.one_time]
+    try:
+        n = await relay.store.publish_prekeys(
+            session.user, msg.backend, msg.signed_prekey, one_time, MAX_STORED_ONE_TIME
+        )
+    except TooManyPrekeys:
+        message = f"at most {MAX_STORED_ONE_TIME} one-time prekeys are kept per backend"
+        raise RelayError(wire.E_TOO_LARGE, message) from None
     if msg.identity_key is not None:
         await relay.store.set_identity_key(session.user, msg.identity_key)
-    one_time = [(k.key_id, k.key) for k in msg.one_time]
-    return await relay.store.publish_prekeys(session.user, msg.backend, msg.signed_prekey, one_time)
+    return n
 
 
 async def fetch_bundle(relay: Relay, session: Session, user: str, backend: str) -> wire.Bundle:
     """Hand out ``user``'s bundle (each one-time prekey once) and warn them when low."""
     check_backend(relay, backend)
-    limiter = relay.limiter
-    if not limiter.take(session.user, 1):
-        raise RelayError(wire.E_RATE_LIMITED, "too many requests", limiter.wait_time(session.user))
+    take_token(relay, session)
     if await relay.store.get_user(user) is None:
         raise RelayError(wire.E_NO_SUCH_USER, "no such user")
     if relay.contacts_only and user != session.user and not await related(relay, session, user):

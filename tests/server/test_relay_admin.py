@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from securechat import wire
+from securechat.server import keydir
 from tests.server.harness import Harness, make_config
 
 
@@ -90,3 +91,46 @@ def test_login_warns_about_missing_one_time_prekeys() -> None:
     c.login("alice")
     h.clock.advance(0)
     assert wire.PrekeysLow(backend="ecdh", remaining=0) in c.received()
+
+
+def test_one_time_prekeys_are_capped_per_backend() -> None:
+    """A publish that would leave more than MAX_STORED_ONE_TIME keys is refused whole."""
+    h = Harness(make_config(policy={"send_rate": 100.0, "send_burst": 100}))
+    a = h.online("alice")
+
+    def publish(rid: int, first: int, n: int) -> wire.PublishPrekeys:
+        keys = tuple(wire.OneTimePrekey(i, b"k" * 32) for i in range(first, first + n))
+        return wire.PublishPrekeys(id=rid, backend="ecdh", signed_prekey=b"S" * 64,
+                                   one_time=keys, identity_key=b"I" * 32)  # fmt: skip
+
+    cap = keydir.MAX_STORED_ONE_TIME
+    assert a.reply(publish(1, 0, cap - 1), wire.PrekeysStored).one_time_count == cap - 1
+    assert a.reply(publish(2, 0, cap), wire.PrekeysStored).one_time_count == cap  # 1 new
+    err = a.error(publish(3, cap, 1))
+    assert err.code == wire.E_TOO_LARGE and str(cap) in err.message
+    assert h.store.count_one_time_prekeys("alice", "ecdh").result == cap
+
+
+def test_key_and_social_requests_take_send_tokens() -> None:
+    """publish_prekeys, contact and room changes spend the sender's rate like sends."""
+    h = Harness(make_config(policy={"send_rate": 1.0, "send_burst": 6}))
+    a = h.online("alice")
+    h.add_user("bob")
+    requests: list[wire.Message] = [
+        wire.PublishPrekeys(id=1, backend="ecdh", signed_prekey=b"S" * 64, one_time=()),
+        wire.ContactRequest(id=2, user="bob"),
+        wire.ContactRemove(id=3, user="bob"),
+        wire.ContactAccept(id=4, user="bob"),  # refused (no request), still charged
+        wire.RoomJoin(id=5, room="#r"),
+        wire.RoomLeave(id=6, room="#r"),
+    ]
+    for msg in requests:
+        rid = getattr(msg, "id", None)
+        replies = [m for m in a.request(msg) if getattr(m, "id", None) == rid]
+        assert not (isinstance(replies[0], wire.Error) and replies[0].code == wire.E_RATE_LIMITED)
+    for msg in requests:
+        err = a.error(msg)
+        assert err.code == wire.E_RATE_LIMITED and err.retry_after is not None
+    h.clock.advance(1.0)
+    assert a.reply(wire.RoomJoin(id=7, room="#r"), wire.Room).members == ("alice",)
+    assert a.reply(wire.ContactList(id=8), wire.Contacts)  # reads stay free

@@ -22,7 +22,7 @@ from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from securechat.config import StoreSection
-from securechat.errors import NoSuchUser, QueueFull, StoreError, UserExists
+from securechat.errors import NoSuchUser, QueueFull, StoreError, TooManyPrekeys, UserExists
 from securechat.server.store.interface import (
     CONTACT_ACCEPTED,
     CONTACT_PENDING_IN,
@@ -169,6 +169,22 @@ def test_prekeys(store: Any) -> Any:
     assert (yield store.fetch_bundle("nobody", "ecdh")) is None
     bad = yield failure_of(store.publish_prekeys("nobody", "ecdh", b"s", []))
     assert isinstance(bad, NoSuchUser)
+
+
+@pytest_twisted.inlineCallbacks
+def test_prekey_cap_refuses_the_whole_publish(store: Any) -> Any:
+    """Above ``max_one_time`` nothing of the call is stored; republished ids count once."""
+    keys = [(i, b"o%d" % i) for i in range(8)]
+    assert (yield store.publish_prekeys("alice", "ecdh", b"spk1", keys, 10)) == 8
+    assert (yield store.publish_prekeys("alice", "ecdh", None, keys[:5], 10)) == 8
+    more = [(i, b"n%d" % i) for i in range(6, 11)]  # 8 + 3 new = 11
+    bad = yield failure_of(store.publish_prekeys("alice", "ecdh", b"spk2", more, 10))
+    assert isinstance(bad, TooManyPrekeys)
+    assert (yield store.count_one_time_prekeys("alice", "ecdh")) == 8
+    bundle = yield store.fetch_bundle("alice", "ecdh")
+    assert (bundle.signed_prekey, bundle.one_time_prekey) == (b"spk1", b"o0")
+    assert (yield store.publish_prekeys("alice", "ecdh", None, more, 10)) == 10
+    assert (yield store.publish_prekeys("alice", "dh", None, more, 10)) == 5  # per backend
 
 
 @pytest_twisted.inlineCallbacks

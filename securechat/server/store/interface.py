@@ -113,10 +113,13 @@ class IStore(Interface):
         backend: str,
         signed_prekey: bytes | None,
         one_time_prekeys: list[tuple[int, bytes]],
+        max_one_time: int | None = None,
     ) -> Deferred[int]:
         """Replace the signed prekey (if given) and add one-time prekeys.
 
-        Returns how many one-time prekeys the user now has for ``backend``.
+        Returns how many one-time prekeys the user now has for ``backend``. If that would
+        be more than ``max_one_time``, nothing is stored and it fails with
+        :class:`securechat.errors.TooManyPrekeys`.
         """
 
     def fetch_bundle(user: str, backend: str) -> Deferred[PrekeyBundle | None]:

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from securechat.config import StoreSection
-from securechat.errors import NoSuchUser, QueueFull, StoreError, UserExists
+from securechat.errors import NoSuchUser, QueueFull, StoreError, TooManyPrekeys, UserExists
 from securechat.server.store.interface import (
     CONTACT_ACCEPTED,
     CONTACT_PENDING_IN,
@@ -150,9 +150,12 @@ class MemoryStore:
         backend: str,
         signed_prekey: bytes | None,
         one_time_prekeys: list[tuple[int, bytes]],
+        max_one_time: int | None = None,
     ) -> Deferred[int]:
         """IStore API: a one-time prekey id published again replaces the old blob."""
-        return self._call(self._publish_prekeys, user, backend, signed_prekey, one_time_prekeys)
+        return self._call(
+            self._publish_prekeys, user, backend, signed_prekey, one_time_prekeys, max_one_time
+        )
 
     def _publish_prekeys(
         self,
@@ -160,9 +163,14 @@ class MemoryStore:
         backend: str,
         signed_prekey: bytes | None,
         one_time_prekeys: list[tuple[int, bytes]],
+        max_one_time: int | None,
     ) -> int:
         self._need_user(user)
         keys = self._keys.setdefault((user, backend), _Keys())
+        if max_one_time is not None:
+            total = len(keys.one_time.keys() | {key_id for key_id, _ in one_time_prekeys})
+            if total > max_one_time:
+                raise TooManyPrekeys(user, backend, total)
         if signed_prekey is not None:
             keys.signed_prekey = signed_prekey
         keys.one_time.update(one_time_prekeys)

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from securechat.errors import NoSuchUser, QueueFull, StoreError, UserExists
+from securechat.errors import NoSuchUser, QueueFull, StoreError, TooManyPrekeys, UserExists
 from securechat.server.store.interface import (
     CONTACT_ACCEPTED,
     CONTACT_PENDING_IN,
@@ -136,11 +136,12 @@ def publish_prekeys(
     backend: str,
     signed_prekey: bytes | None,
     one_time_prekeys: list[tuple[int, bytes]],
+    max_one_time: int | None = None,
 ) -> int:
     """Replace the signed prekey if given, add one-time prekeys; return how many are left.
 
     A one-time prekey id published again replaces the old blob: the client is the
-    authority on its own ids.
+    authority on its own ids. More than ``max_one_time`` in all rolls the whole call back.
     """
     with write_transaction(conn):
         _need_user(conn, user)
@@ -154,7 +155,10 @@ def publish_prekeys(
             " VALUES (?, ?, ?, ?)",
             [(user, backend, key_id, blob) for key_id, blob in one_time_prekeys],
         )
-        return count_one_time_prekeys(conn, user, backend)
+        total = count_one_time_prekeys(conn, user, backend)
+        if max_one_time is not None and total > max_one_time:
+            raise TooManyPrekeys(user, backend, total)
+        return total
 
 
 def fetch_bundle(conn: sqlite3.Connection, user: str, backend: str) -> PrekeyBundle | None:

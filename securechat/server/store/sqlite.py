@@ -271,11 +271,13 @@ class SQLiteStore:
         backend: str,
         signed_prekey: bytes | None,
         one_time_prekeys: list[tuple[int, bytes]],
+        max_one_time: int | None = None,
     ) -> Deferred[int]:
         """IStore API."""
         return self.run(
-            queries.publish_prekeys, user, backend, signed_prekey, list(one_time_prekeys)
-        )
+            queries.publish_prekeys, user, backend, signed_prekey, list(one_time_prekeys),
+            max_one_time,
+        )  # fmt: skip
 
     def fetch_bundle(self, user: str, backend: str) -> Deferred[PrekeyBundle | None]:
         """IStore API."""

@@ -29,6 +29,7 @@ from securechat.client.network import (
     WireClientProtocol,
     describe_failure,
 )
+from securechat.client.outbox import plan_batches
 from securechat.client.sessions import SessionManager, TrustError
 from securechat.crypto.errors import CryptoError
 
@@ -299,8 +300,7 @@ class ChatClient:
                 for peer in peers:
                     await self._queue(peer, text, target)
             finally:
-                # Whatever was encrypted is saved before anything is sent (no message key
-                # is ever reused after a crash), and what is saved is sent.
+                # Saved before sent: no message key is ever reused after a crash.
                 self.keystore.save()
                 self._pump()
         else:
@@ -349,7 +349,9 @@ class ChatClient:
             self._maybe_finish()
             return
         todo = [e for e in self.outbox if e["mid"] not in self._in_flight]
-        for batch in self._batches(todo):
+        assert self.welcome is not None
+        limits = (self.welcome.max_batch, self.welcome.max_frame_bytes)
+        for batch in plan_batches(todo, *limits):
             items = tuple(wire.SendItem(e["to"], e["backend"], e["mid"], e["payload"], e["room"])
                           for e in batch)  # fmt: skip
             self._in_flight.update(e["mid"] for e in batch)
@@ -358,34 +360,14 @@ class ChatClient:
             d.addErrback(self._send_failed, batch)
         self._maybe_finish()
 
-    def _batches(self, todo: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-        """Split into frames the server accepts: at most ``max_batch`` items and well under
-        ``max_frame_bytes`` (a frame over it closes the connection, and would loop)."""
-        assert self.welcome is not None
-        max_items = max(1, min(256, self.welcome.max_batch))
-        budget = max(4096, self.welcome.max_frame_bytes - 4096)
-        batches: list[list[dict[str, Any]]] = []
-        current: list[dict[str, Any]] = []
-        size = 0
-        for entry in todo:
-            cost = len(entry["payload"]) + 128  # item framing, names and id
-            if current and (len(current) >= max_items or size + cost > budget):
-                batches.append(current)
-                current, size = [], 0
-            current.append(entry)
-            size += cost
-        if current:
-            batches.append(current)
-        return batches
-
     def _sent(self, reply: wire.Message, batch: list[dict[str, Any]]) -> None:
         assert isinstance(reply, wire.SendReply)
+        self._in_flight.difference_update(e["mid"] for e in batch)
         done: set[bytes] = set()
-        retry = False
+        retry_after = 0.0
         for entry, result in zip(batch, reply.results, strict=True):
-            self._in_flight.discard(entry["mid"])
-            if result.status == wire.STATUS_ERROR and result.code == wire.E_RATE_LIMITED:
-                retry = True
+            if result.code == wire.E_RATE_LIMITED:  # stays in the outbox, goes again later
+                retry_after = max(retry_after, result.retry_after or 1.0)
                 continue
             done.add(entry["mid"])
             fields = {"to": entry["room"] or entry["to"], "id": entry["mid"].hex(),
@@ -397,13 +379,12 @@ class ChatClient:
                 self.emit("sent", status=result.status, **fields)
         self.outbox[:] = [e for e in self.outbox if e["mid"] not in done]
         self.keystore.save()
-        if retry:
-            self._call_later(1.0, self._pump)
+        if retry_after:
+            self._call_later(retry_after, self._pump)
         self._maybe_finish()
 
     def _send_failed(self, failure: Failure, batch: list[dict[str, Any]]) -> None:
-        for entry in batch:
-            self._in_flight.discard(entry["mid"])
+        self._in_flight.difference_update(e["mid"] for e in batch)
         err = failure.value
         if isinstance(err, RemoteError) and err.retry_after is not None:
             # The server accepted none of the batch (store unavailable, rate limit):

@@ -23,6 +23,7 @@ from securechat.client.chat import ChatClient
 from securechat.client.console import ConsoleProtocol, Renderer
 from securechat.client.keystore import TEST_KDF, Keystore
 from securechat.client.network import LoginFailed, WireClientFactory, WireClientProtocol
+from securechat.client.outbox import plan_batches
 from securechat.client.sessions import SessionManager
 from securechat.crypto.identity import IdentityKeyPair
 from tests.server.harness import Harness, make_config
@@ -554,7 +555,7 @@ def test_send_batches_stay_under_the_servers_frame_limit(net: Net) -> None:
     welcome = alice.client.welcome
     assert welcome is not None
     entries = [{"payload": b"x" * 33_000, "mid": bytes([i]) * 16} for i in range(40)]
-    batches = alice.client._batches(entries)
+    batches = plan_batches(entries, welcome.max_batch, welcome.max_frame_bytes)
     assert sum(len(b) for b in batches) == 40 and len(batches) >= 2
     for batch in batches:
         assert sum(len(e["payload"]) + 128 for e in batch) < welcome.max_frame_bytes

@@ -10,7 +10,6 @@ Writes are atomic (temporary file, fsync, rename) so a crash never leaves half a
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,6 +264,3 @@ class Keystore:
         if len(seen) > self.SEEN_LIMIT:
             del seen[: len(seen) - self.SEEN_LIMIT]
         return True
-
-    def pinned(self) -> Iterator[tuple[str, Pin]]:
-        return iter(sorted(self.state.pins.items()))

@@ -60,30 +60,21 @@ async def who(f: RelayFactory, session: Session, msg: wire.Who) -> wire.Message:
     return wire.Online(id=msg.id, users=tuple(f.relay.who(session)))
 
 
-async def contact_request(
-    f: RelayFactory, session: Session, msg: wire.ContactRequest
+_CONTACT_CHANGES = {
+    wire.ContactRequest: rooms.request_contact,
+    wire.ContactAccept: rooms.accept_contact,
+    wire.ContactRemove: rooms.remove_contact,
+}
+
+
+async def contact_change(
+    f: RelayFactory,
+    session: Session,
+    msg: wire.ContactRequest | wire.ContactAccept | wire.ContactRemove,
 ) -> wire.Message:
-    """Ask for a contact."""
+    """Ask for, accept or remove a contact; the reply is the relation's new state."""
     keydir.take_token(f.relay, session)
-    state = await rooms.request_contact(f.relay, session, msg.user)
-    return wire.ContactState(id=msg.id, user=msg.user, state=state)
-
-
-async def contact_accept(
-    f: RelayFactory, session: Session, msg: wire.ContactAccept
-) -> wire.Message:
-    """Accept a contact request."""
-    keydir.take_token(f.relay, session)
-    state = await rooms.accept_contact(f.relay, session, msg.user)
-    return wire.ContactState(id=msg.id, user=msg.user, state=state)
-
-
-async def contact_remove(
-    f: RelayFactory, session: Session, msg: wire.ContactRemove
-) -> wire.Message:
-    """Remove a contact."""
-    keydir.take_token(f.relay, session)
-    state = await rooms.remove_contact(f.relay, session, msg.user)
+    state = await _CONTACT_CHANGES[type(msg)](f.relay, session, msg.user)
     return wire.ContactState(id=msg.id, user=msg.user, state=state)
 
 
@@ -162,9 +153,9 @@ HANDLERS: dict[str, _Handler] = {
     "publish_prekeys": publish_prekeys,
     "fetch_bundle": fetch_bundle,
     "who": who,
-    "contact_request": contact_request,
-    "contact_accept": contact_accept,
-    "contact_remove": contact_remove,
+    "contact_request": contact_change,
+    "contact_accept": contact_change,
+    "contact_remove": contact_change,
     "contact_list": contact_list,
     "room_join": room_join,
     "room_leave": room_leave,

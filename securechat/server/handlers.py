@@ -17,7 +17,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from securechat import wire
-from securechat.server import admin, keydir, rooms
+from securechat.server import admin, keydir
+from securechat.server.contacts import ContactGraph
 from securechat.server.relay import Relay, RelayError, Session
 
 if TYPE_CHECKING:
@@ -61,9 +62,9 @@ async def who(f: RelayFactory, session: Session, msg: wire.Who) -> wire.Message:
 
 
 _CONTACT_CHANGES = {
-    wire.ContactRequest: rooms.request_contact,
-    wire.ContactAccept: rooms.accept_contact,
-    wire.ContactRemove: rooms.remove_contact,
+    wire.ContactRequest: ContactGraph.request,
+    wire.ContactAccept: ContactGraph.accept,
+    wire.ContactRemove: ContactGraph.remove,
 }
 
 
@@ -73,34 +74,34 @@ async def contact_change(
     msg: wire.ContactRequest | wire.ContactAccept | wire.ContactRemove,
 ) -> wire.Message:
     """Ask for, accept or remove a contact; the reply is the relation's new state."""
-    keydir.take_token(f.relay, session)
-    state = await _CONTACT_CHANGES[type(msg)](f.relay, session, msg.user)
+    f.relay.charge(session)
+    state = await _CONTACT_CHANGES[type(msg)](f.relay.graph, session, msg.user)
     return wire.ContactState(id=msg.id, user=msg.user, state=state)
 
 
 async def contact_list(f: RelayFactory, session: Session, msg: wire.ContactList) -> wire.Message:
     """List contacts and pending requests."""
-    found = await rooms.list_contacts(f.relay, session)
+    found = await f.relay.graph.listing(session)
     return wire.Contacts(id=msg.id, contacts=found)
 
 
 async def room_join(f: RelayFactory, session: Session, msg: wire.RoomJoin) -> wire.Message:
     """Join a room."""
-    keydir.take_token(f.relay, session)
-    members = await rooms.join_room(f.relay, session, msg.room)
+    f.relay.charge(session)
+    members = await f.relay.directory.join(session, msg.room)
     return wire.Room(id=msg.id, room=msg.room, members=members)
 
 
 async def room_leave(f: RelayFactory, session: Session, msg: wire.RoomLeave) -> wire.Message:
     """Leave a room."""
-    keydir.take_token(f.relay, session)
-    await rooms.leave_room(f.relay, session, msg.room)
+    f.relay.charge(session)
+    await f.relay.directory.leave(session, msg.room)
     return wire.Ok(id=msg.id)
 
 
 async def room_members(f: RelayFactory, session: Session, msg: wire.RoomMembers) -> wire.Message:
     """Members of a room this user is in."""
-    members = await rooms.room_members(f.relay, session, msg.room)
+    members = await f.relay.directory.members_for(session, msg.room)
     return wire.Room(id=msg.id, room=msg.room, members=members)
 
 

@@ -16,14 +16,6 @@ from securechat.server.relay import Relay, RelayError, Session
 MAX_STORED_ONE_TIME = 1000
 
 
-def take_token(relay: Relay, session: Session) -> None:
-    """Charge one token of the user's send rate for a request that writes to the store
-    or costs a bundle; refuse with ``rate-limited`` when there is none left."""
-    limiter = relay.limiter
-    if not limiter.take(session.user, 1):
-        raise RelayError(wire.E_RATE_LIMITED, "too many requests", limiter.wait_time(session.user))
-
-
 def check_backend(relay: Relay, backend: str) -> None:
     """Refuse backends the server does not allow."""
     if backend not in relay.config.crypto.backends:
@@ -37,7 +29,7 @@ async def publish_prekeys(relay: Relay, session: Session, msg: wire.PublishPreke
     than :data:`MAX_STORED_ONE_TIME` one-time prekeys for the backend.
     """
     check_backend(relay, msg.backend)
-    take_token(relay, session)
+    relay.charge(session)
     one_time = [(k.key_id, k.key) for k in msg.one_time]
     try:
         n = await relay.store.publish_prekeys(
@@ -54,7 +46,7 @@ async def publish_prekeys(relay: Relay, session: Session, msg: wire.PublishPreke
 async def fetch_bundle(relay: Relay, session: Session, user: str, backend: str) -> wire.Bundle:
     """Hand out ``user``'s bundle (each one-time prekey once) and warn them when low."""
     check_backend(relay, backend)
-    take_token(relay, session)
+    relay.charge(session)
     if await relay.store.get_user(user) is None:
         raise RelayError(wire.E_NO_SUCH_USER, "no such user")
     if relay.contacts_only and user != session.user and not await related(relay, session, user):
@@ -78,9 +70,6 @@ async def fetch_bundle(relay: Relay, session: Session, user: str, backend: str) 
 
 async def related(relay: Relay, session: Session, peer: str) -> bool:
     """An accepted contact, or a member of one of the session's rooms."""
-    if await relay.may_contact(session, peer):
+    if await relay.graph.may_contact(session, peer):
         return True
-    for room in await relay.store.user_rooms(session.user):
-        if peer in await relay.room_members(room):
-            return True
-    return False
+    return await relay.directory.shares_room(session.user, peer)

@@ -30,19 +30,19 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface
 
 from securechat import wire
 from securechat.config import ServerConfig
 from securechat.errors import NoSuchUser, QueueFull, StoreError
+from securechat.server.contacts import ContactGraph
 from securechat.server.ratelimit import SendLimiter
+from securechat.server.roomdir import RoomDirectory
+from securechat.server.session import NO_ENVELOPES as _NO_ENVELOPES
+from securechat.server.session import ISessionSink, RelayError, Session
 from securechat.server.social import ChangeCounter, read_social
-from securechat.server.store.interface import (
-    CONTACT_ACCEPTED,
-    IStore,
-    NewEnvelope,
-    QueuedEnvelope,
-)
+from securechat.server.store.interface import IStore, NewEnvelope, QueuedEnvelope
+
+__all__ = ["ISessionSink", "Relay", "RelayError", "Session", "deliver_item"]
 
 #: Envelopes per ``deliver`` frame and per backlog read.
 DELIVER_BATCH = 256
@@ -53,67 +53,7 @@ KNOWN_USERS_CACHE = 100_000
 #: :meth:`Relay._quick_refusal`: the policy answer needs the store.
 _LOOKUP = "lookup"
 _DELIVERED = wire.SendResult(wire.STATUS_DELIVERED)
-_NO_NAMES: frozenset[str] = frozenset()
-_NO_ROOMS = _NO_NAMES
-#: Never appended to: a session gets a list of its own when its first envelope waits.
-_NO_ENVELOPES: list[QueuedEnvelope] = []
 _QUEUED = wire.SendResult(wire.STATUS_QUEUED)
-
-
-class RelayError(Exception):
-    """A request was refused; ``code`` is an ``E_*`` string of :mod:`securechat.wire`."""
-
-    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retry_after = retry_after
-
-
-class ISessionSink(Interface):
-    """What the relay needs from one authenticated connection."""
-
-    def push(message: wire.Message) -> None:
-        """Send ``message`` to the peer (buffered by the connection, never blocking)."""
-
-    def close(code: str, reason: str) -> None:
-        """Tell the peer why (a ``bye``) and drop the connection."""
-
-    def when_writable() -> Deferred[None]:
-        """Fire once the connection accepts more output (at once if it does now)."""
-
-
-class Session:
-    """Relay-side state of one logged-in connection; small, since 10,000 may be idle."""
-
-    __slots__ = (
-        "closed",
-        "contacts",
-        "cursor",
-        "dirty",
-        "outbox",
-        "pumping",
-        "role",
-        "rooms",
-        "sink",
-        "user",
-    )
-
-    def __init__(self, user: str, role: str, sink: Any) -> None:
-        self.user = user
-        self.role = role
-        self.sink = sink
-        self.cursor = 0
-        self.pumping = True
-        self.dirty = False
-        self.closed = False
-        #: Envelopes waiting for the relay's next flush (the shared empty list when none).
-        self.outbox: list[QueuedEnvelope] = _NO_ENVELOPES
-        #: Accepted contacts, kept current by the relay while the session lives. Immutable
-        #: and shared while empty: most of 10,000 idle sessions need no set of their own.
-        self.contacts: frozenset[str] = _NO_NAMES
-        #: Rooms the user is in (for presence), kept current by joins and leaves.
-        self.rooms: frozenset[str] = _NO_ROOMS
 
 
 def deliver_item(env: QueuedEnvelope) -> wire.DeliverItem:
@@ -147,8 +87,11 @@ class Relay:
         self._max_envelope = config.policy.max_envelope_bytes
         self._known_users: set[str] = set()
         self.changes = ChangeCounter()  #: bumped by every contact or room change
-        #: room -> members; filled on first use, updated by every join and leave.
-        self.rooms: dict[str, set[str]] = {}
+        #: The only writers of contact and room state (store rows and session caches).
+        self.graph = ContactGraph(store, self.sessions, self.changes)
+        self.directory = RoomDirectory(
+            store, self.sessions, self.changes, config.policy.max_room_members
+        )
         #: Sessions with envelopes in their outbox, and the flush that sends them.
         self._dirty: list[Session] = []
         self._flush_call: IDelayedCall | None = None
@@ -160,13 +103,12 @@ class Relay:
         The older connection is told why and closed; delivery on the new one starts from
         the oldest un-acknowledged envelope once :meth:`start` is called.
         """
-        contacts, rooms = await read_social(self.store, self.room_members, self.changes, user)
+        contacts, rooms = await read_social(
+            self.store, self.directory.members, self.changes, user
+        )
         session = Session(user, role, sink)
-        accepted = [peer for peer, state in contacts if state == CONTACT_ACCEPTED]
-        if accepted:
-            session.contacts = frozenset(accepted)
-        if rooms:
-            session.rooms = frozenset(rooms)
+        self.graph.load(session, contacts)
+        self.directory.load(session, rooms)
         old = self.sessions.get(user)
         self.sessions[user] = session
         self._known_users.add(user)
@@ -213,8 +155,7 @@ class Relay:
         ``who`` still lists everyone online there.
         """
         names: set[str] = set(session.contacts)
-        for room in session.rooms:
-            names.update(self.rooms.get(room, ()))
+        names.update(self.directory.co_members(session))
         names.discard(session.user)
         sessions = self.sessions
         return [s for name in names if (s := sessions.get(name)) is not None]
@@ -237,14 +178,18 @@ class Relay:
         return True
 
     def forget_user(self, user: str) -> None:
-        """Drop caches about a removed user."""
-        self.changes.bump(user)
+        """Drop what the relay remembers about a removed account (its contacts and room
+        memberships are already gone from the store)."""
         self._known_users.discard(user)
-        for members in self.rooms.values():
-            members.discard(user)
-        for s in self.sessions.values():
-            if user in s.contacts:
-                s.contacts = s.contacts - {user}
+        self.graph.forget(user)
+        self.directory.forget(user)
+
+    def charge(self, session: Session) -> None:
+        """Charge one token of the user's send rate for a request that writes to the store
+        or costs a bundle; refuse with ``rate-limited`` when there is none left."""
+        if not self.limiter.take(session.user, 1):
+            wait = self.limiter.wait_time(session.user)
+            raise RelayError(wire.E_RATE_LIMITED, "too many requests", wait)
 
     # -- delivery ------------------------------------------------------------------------
     def _pump(self, session: Session) -> None:
@@ -442,7 +387,7 @@ class Relay:
         if to not in self._known_users:
             return _LOOKUP
         if item.room is not None:
-            members = self.rooms.get(item.room)
+            members = self.directory.cached(item.room)
             if members is None:
                 return _LOOKUP
             if session.user not in members or to not in members:
@@ -461,30 +406,13 @@ class Relay:
                 self._known_users.clear()
             self._known_users.add(to)
         if item.room is not None:
-            members = await self.room_members(item.room)
+            members = await self.directory.members(item.room)
             if session.user not in members or to not in members:
                 return wire.E_NOT_A_MEMBER
-        elif self.contacts_only and to != session.user and not await self.may_contact(session, to):
-            return wire.E_NOT_PERMITTED
+        elif self.contacts_only and to != session.user:  # noqa: SIM102
+            if not await self.graph.may_contact(session, to):
+                return wire.E_NOT_PERMITTED
         return None
-
-    async def may_contact(self, session: Session, peer: str) -> bool:
-        """Under ``contacts``: accepted contacts only (the store decides on a cache miss)."""
-        if peer in session.contacts:
-            return True
-        if await self.store.are_contacts(session.user, peer):
-            session.contacts = session.contacts | {peer}
-            return True
-        return False
-
-    async def room_members(self, room: str) -> set[str]:
-        """Members of ``room``, from the cache or the store."""
-        members = self.rooms.get(room)
-        if members is None:
-            members = set(await self.store.room_members(room))
-            if members:
-                members = self.rooms.setdefault(room, members)
-        return members
 
     def maybe_low(self, remaining: int, user: str, backend: str) -> None:
         owner = self.sessions.get(user)

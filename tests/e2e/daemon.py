@@ -148,6 +148,12 @@ class Daemon:
         return self._watcher.port
 
     @property
+    def pid(self) -> int:
+        """The daemon's process id (its memory and CPU are read from ``/proc/PID``)."""
+        pid: int = self._process.pid
+        return pid
+
+    @property
     def running(self) -> bool:
         return self._watcher.exit is None
 

@@ -27,8 +27,9 @@ from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, x25519
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
-from securechat.crypto import handshake, prekeys
+from securechat.crypto import prekeys
 from securechat.crypto.dh import silence_ffdh_deprecation
+from securechat.crypto.handshake import v1 as handshake
 from securechat.crypto.identity import IdentityKeyPair
 from securechat.crypto.kem import IKem, get_kem
 from securechat.crypto.session import Session

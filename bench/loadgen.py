@@ -568,8 +568,9 @@ async def offline(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 async def handshake(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     """Log in fresh users and set up a first end-to-end session each, per backend."""
-    from securechat.client.sessions import DEFAULT_PARAMS, kem_for
+    from securechat.client.sessions import kem_for
     from securechat.crypto import envelope as env
+    from securechat.crypto.backends import spec
     from securechat.crypto.identity import IdentityKeyPair
     from securechat.crypto.kem import KeyPair, get_kem
     from securechat.crypto.prekeys import (
@@ -582,7 +583,7 @@ async def handshake(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     backend = args.backend
     pairs = args.pairs
     gen = Generator(reactor, args)
-    kem = get_kem(backend, DEFAULT_PARAMS[backend])
+    kem = get_kem(backend, spec(backend).client_params)
     # Untimed preparation: responders' keys (RSA key generation alone is ~0.2 s per key).
     prep_start = time.perf_counter()
     r_identity = IdentityKeyPair.generate()

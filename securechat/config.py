@@ -17,11 +17,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from securechat.crypto.backends import DEFAULT_BACKEND, backend_names
 from securechat.errors import ConfigError
 
-#: Key-agreement backends that exist (``securechat.crypto.kem`` registers the same names;
-#: a test keeps the two lists equal, because the server must not import the crypto package).
-KNOWN_BACKENDS = ("dh", "ecdh", "rsa")
+#: Key-agreement backends that exist: read from their specs (a data-only module, so the
+#: server still loads no crypto implementation).
+KNOWN_BACKENDS = backend_names()
 AUTH_METHODS = ("password", "publickey", "certificate")
 PASSWORD_HASHES = ("argon2id", "scrypt")
 MESSAGING_POLICIES = ("anyone", "contacts")
@@ -83,8 +84,8 @@ class AuthSection:
 class CryptoSection:
     """``[crypto]``: the end-to-end backends clients may use, and the default one."""
 
-    backends: tuple[str, ...] = ("ecdh", "dh", "rsa")
-    default_backend: str = "ecdh"
+    backends: tuple[str, ...] = KNOWN_BACKENDS
+    default_backend: str = DEFAULT_BACKEND
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from securechat.client.network import (
     describe_failure,
 )
 from securechat.client.outbox import plan_batches
-from securechat.client.sessions import SessionManager, TrustError
+from securechat.client.sessions import DEFAULT_BACKEND, SessionManager, TrustError
 from securechat.crypto.errors import CryptoError
 
 AGENT = "securechat-client/0.1"
@@ -282,7 +282,7 @@ class ChatClient:
     def backend_name(self) -> str:
         if self.chosen_backend is not None:
             return self.chosen_backend
-        return self.welcome.default_backend if self.welcome is not None else "ecdh"
+        return self.welcome.default_backend if self.welcome is not None else DEFAULT_BACKEND
 
     def send_text(self, target: str, text: str) -> None:
         self._serial(lambda: self._send_text(target, text))

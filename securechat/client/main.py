@@ -27,6 +27,7 @@ from securechat.client.console import ConsoleProtocol, Renderer
 from securechat.client.keystore import Keystore, KeystoreError
 from securechat.client.network import LoginFailed, WireClientFactory
 from securechat.client.sessions import SessionManager
+from securechat.crypto.backends import backend_names
 from securechat.crypto.identity import IdentityKeyPair
 from securechat.tls import client_tls_options
 
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-file", help="file whose first line is the account password")
     p.add_argument("--passphrase-file", help="keystore passphrase (default: the password)")
     p.add_argument("--register", action="store_true", default=None, help="create the account")
-    p.add_argument("--backend", choices=("dh", "ecdh", "rsa"), help="backend for new sessions")
+    p.add_argument("--backend", choices=backend_names(), help="backend for new sessions")
     p.add_argument("--home", help="keystore directory (default: XDG data dir)")
     p.add_argument("--json", action="store_true", default=None, help="one JSON event per line")
     p.add_argument("--cert", help="PEM with client certificate and key (certificate login)")
@@ -133,7 +134,7 @@ def resolve(argv: list[str]) -> Settings:
     else:
         raise UsageProblem("give --password-file (or --passphrase-file): stdin is for chat")
     backend = get("backend")
-    if backend is not None and backend not in ("dh", "ecdh", "rsa"):
+    if backend is not None and backend not in backend_names():
         raise UsageProblem(f"unknown backend {backend!r}")
     home = Path(get("home")) if get("home") else default_home(user, host, port)
     return Settings(

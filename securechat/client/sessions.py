@@ -18,30 +18,27 @@ import cbor2
 
 from securechat.client.keystore import Keystore, Pin
 from securechat.crypto import envelope as env
+from securechat.crypto.backends import DEFAULT_BACKEND, SPECS, spec
 from securechat.crypto.errors import CryptoError, DuplicateMessage
-from securechat.crypto.handshake import DEFAULT_GRACE
 from securechat.crypto.identity import (
     IdentityKeyPair,
     fingerprint,
     format_safety_number,
     safety_number,
 )
-from securechat.crypto.kem import IKem, KeyPair, get_kem
+from securechat.crypto.kem import IKem, KemError, KeyPair, get_kem, kem_for_id
 from securechat.crypto.prekeys import (
+    SIGNED_PREKEY_GRACE,
     SignedPrekey,
     generate_one_time_prekeys,
     generate_signed_prekey,
 )
 from securechat.crypto.session import Session
 
-#: Parameters a client uses for each backend name when it makes its own keys.
-DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
-    "ecdh": {"curve": "x25519"},
-    "dh": {"group": "ffdhe3072"},
-    "rsa": {"bits": 3072},
-}
-#: One-time prekeys to keep published per backend (RSA keys cost ~0.15 s each to make).
-ONE_TIME_TARGET = {"ecdh": 50, "dh": 20, "rsa": 5}
+__all__ = ["DEFAULT_BACKEND", "Received", "SessionManager", "TrustError", "kem_for"]
+
+#: One-time prekeys to keep published per backend, from the specs (RSA keys are slow to make).
+ONE_TIME_TARGET = {name: backend.one_time_target for name, backend in SPECS.items()}
 SIGNED_PREKEY_LIFETIME = 30 * 24 * 3600
 
 
@@ -66,15 +63,14 @@ class Received:
 
 
 def kem_for(backend_id: str) -> IKem:
-    """Build the KEM named by a header's ``name:params`` string (``"dh:ffdhe2048"``)."""
-    name, _, params = backend_id.partition(":")
-    if name == "ecdh":
-        return get_kem("ecdh", {"curve": params})
-    if name == "dh":
-        return get_kem("dh", {"group": params})
-    if name == "rsa" and params.startswith("rsa") and params[3:].isdigit():
-        return get_kem("rsa", {"bits": int(params[3:])})
-    raise CryptoError(f"unknown backend {backend_id!r}")
+    """Build the KEM named by a header's ``name:params`` string (``"dh:ffdhe2048"``).
+
+    :raises CryptoError: a backend or parameter set this client does not have.
+    """
+    try:
+        return kem_for_id(backend_id)
+    except (KeyError, KemError):
+        raise CryptoError(f"unknown backend {backend_id!r}") from None
 
 
 def encode_plaintext(text: str) -> bytes:
@@ -108,7 +104,7 @@ class SessionManager:
 
     def local_kem(self, name: str) -> IKem:
         """Our KEM for backend ``name`` with the client's default parameters."""
-        kem = get_kem(name, DEFAULT_PARAMS[name])
+        kem = get_kem(name, spec(name).client_params)
         return self._kems.setdefault(env.backend_id(kem), kem)
 
     def _next_id(self) -> int:
@@ -152,7 +148,7 @@ class SessionManager:
         would let a stolen keystore open such messages however old (forward secrecy)."""
         for name in [k for k in self.state.prekeys if k.startswith(f"spk:{bid}:")]:
             record = SignedPrekey.from_bytes(_unpack(self.state.prekeys[name])[0])
-            if record.expires + DEFAULT_GRACE < now:
+            if record.expires + SIGNED_PREKEY_GRACE < now:
                 del self.state.prekeys[name]
 
     def _current_signed(self, bid: str) -> SignedPrekey | None:

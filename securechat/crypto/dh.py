@@ -40,7 +40,7 @@ from zope.interface import implementer
 
 from securechat.crypto import kem
 from securechat.crypto._cache import PRIVATE_SLOTS, PUBLIC_SLOTS, Lru
-from securechat.crypto.ecdh import SECRET_SIZE, dhkem_shared_secret
+from securechat.crypto.dhkem import SECRET_SIZE, dhkem_shared_secret
 from securechat.crypto.kem import IKem, KemError, KeyPair
 
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ Serialised key formats (those of RFC 9180 section 7.1):
   private key is the 32-byte big-endian scalar. Compressed points are refused so that each key
   has exactly one encoding.
 
-The labelled HKDF helpers are public because :mod:`securechat.crypto.dh` reuses them with its
-own suite identifiers: one KDF construction for every DH-style backend.
+The DHKEM key derivation itself lives in :mod:`securechat.crypto.dhkem`, shared with the
+finite-field backend and X-Wing's tests.
 """
 
 from __future__ import annotations
@@ -24,59 +24,16 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, hmac, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from zope.interface import implementer
 
 from securechat.crypto import kem
 from securechat.crypto._cache import PRIVATE_SLOTS, PUBLIC_SLOTS, Lru
+from securechat.crypto.dhkem import SECRET_SIZE, dhkem_shared_secret
 from securechat.crypto.kem import IKem, KemError, KeyPair
 
-__all__ = [
-    "P256Kem",
-    "X25519Kem",
-    "dhkem_shared_secret",
-    "labeled_expand",
-    "labeled_extract",
-    "make_ecdh",
-]
-
-#: Length of every secret this module (and :mod:`securechat.crypto.dh`) produces: Nsecret of
-#: the HKDF-SHA256 DHKEMs, and the key size of AES-256-GCM used further up.
-SECRET_SIZE = 32
-
-_HPKE_VERSION = b"HPKE-v1"
-_HASH_LEN = 32
-
-
-def labeled_extract(suite_id: bytes, salt: bytes, label: bytes, ikm: bytes) -> bytes:
-    """RFC 9180 ``LabeledExtract`` with HKDF-SHA256.
-
-    The version and suite prefix give domain separation: a DH output can never yield the same
-    key under two different KEMs or protocols.
-    """
-    mac = hmac.HMAC(salt or bytes(_HASH_LEN), hashes.SHA256())
-    mac.update(_HPKE_VERSION + suite_id + label + ikm)
-    return mac.finalize()
-
-
-def labeled_expand(suite_id: bytes, prk: bytes, label: bytes, info: bytes, length: int) -> bytes:
-    """RFC 9180 ``LabeledExpand`` with HKDF-SHA256 (the output length is bound into ``info``)."""
-    labeled_info = length.to_bytes(2, "big") + _HPKE_VERSION + suite_id + label + info
-    return HKDFExpand(hashes.SHA256(), length, labeled_info).derive(prk)
-
-
-def dhkem_shared_secret(suite_id: bytes, dh_output: bytes, enc: bytes, pk_r: bytes) -> bytes:
-    """RFC 9180 ``ExtractAndExpand`` with ``kem_context = enc || pkR``.
-
-    The raw DH output is not uniformly random (and for FFDH is much longer than a key), so it
-    is never used directly; hashing it together with both public values binds the secret to
-    this exact exchange.
-    """
-    prk = labeled_extract(suite_id, b"", b"eae_prk", dh_output)
-    return labeled_expand(suite_id, prk, b"shared_secret", enc + pk_r, SECRET_SIZE)
-
+__all__ = ["P256Kem", "X25519Kem", "make_ecdh"]
 
 @implementer(IKem)
 class _DhKem(ABC):

@@ -8,11 +8,14 @@ public half is ``enc``); RSA becomes one by OAEP-wrapping a random 32-byte secre
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from zope.interface import Attribute, Interface
+
+from securechat.crypto.backends import SPECS, parse_backend_id
 
 
 class KemError(ValueError):
@@ -30,8 +33,8 @@ class KeyPair:
 class IKem(Interface):
     """A key-encapsulation mechanism with validated, serialised keys."""
 
-    name = Attribute("Registry name: 'dh', 'ecdh' or 'rsa'.")
-    params = Attribute("Parameter name, e.g. 'ffdhe3072', 'x25519', 'rsa3072'.")
+    name = Attribute("Registry name, a key of :data:`securechat.crypto.backends.SPECS`.")
+    params = Attribute("Parameter name, e.g. 'ffdhe3072', 'x25519', 'rsa3072', 'xwing'.")
     secret_size = Attribute("Length in bytes of the shared secrets produced.")
     rotates_every_turn = Attribute(
         "True when key generation is cheap enough to ratchet on every turn (False for RSA)."
@@ -65,6 +68,16 @@ def backend_names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
+def kem_for_id(backend_id: str) -> IKem:
+    """Build the KEM a ``be`` string names (``"dh:ffdhe2048"``, ``"hybrid:xwing"``).
+
+    :raises KeyError: unknown backend or unparsable parameters.
+    :raises KemError: parameters the backend refuses.
+    """
+    name, params = parse_backend_id(backend_id)
+    return get_kem(name, params)
+
+
 def get_kem(name: str, params: Mapping[str, Any] | None = None) -> IKem:
     """Build the backend ``name`` with its parameters (e.g. ``{"group": "ffdhe3072"}``).
 
@@ -80,5 +93,7 @@ def get_kem(name: str, params: Mapping[str, Any] | None = None) -> IKem:
 
 
 def _load_builtin() -> None:
-    """Import the built-in backends, which register themselves; explicit, never sys.path scans."""
-    from securechat.crypto import dh, ecdh, rsa  # noqa: F401
+    """Import the modules :data:`~securechat.crypto.backends.SPECS` names, which register
+    themselves; an explicit list, never a scan of ``sys.path``."""
+    for backend in SPECS.values():
+        importlib.import_module(backend.module)

@@ -40,6 +40,7 @@ from securechat.crypto.kem import IKem, KemError, KeyPair
 
 __all__ = [
     "DEFAULT_LIFETIME",
+    "SIGNED_PREKEY_GRACE",
     "OneTimePrekey",
     "SignedPrekey",
     "generate_one_time_prekeys",
@@ -49,6 +50,9 @@ __all__ = [
 
 #: One week, the rotation period X3DH section 2.2 suggests.
 DEFAULT_LIFETIME: Final = 7 * 24 * 3600
+#: How long past its signed expiry a responder still accepts its own signed prekey: messages
+#: sit in the relay's queue for up to its TTL (X3DH 4.6 leaves the period to the application).
+SIGNED_PREKEY_GRACE: Final = 14 * 24 * 3600
 MAX_KEY_ID: Final = 2**32 - 1
 _MAX_BLOB: Final = 4096
 _MAX_PUBLIC: Final = 2048

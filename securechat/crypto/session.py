@@ -32,12 +32,12 @@ import cbor2
 from cryptography.hazmat.primitives import hashes
 
 from securechat.crypto import envelope as env
-from securechat.crypto import handshake
 from securechat.crypto.errors import (
     MalformedEnvelope,
     MalformedState,
     SessionMismatch,
 )
+from securechat.crypto.handshake import v1 as handshake
 from securechat.crypto.header import HeaderDecoder
 from securechat.crypto.identity import IdentityKeyPair
 from securechat.crypto.kem import IKem, KeyPair

@@ -318,3 +318,28 @@ def test_rsa_tampered_or_foreign_ciphertext_refused(rsa2048_keys: kem.KeyPair) -
     oaep = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
     with pytest.raises(KemError, match="decapsulation failed"):
         backend.decapsulate(rsa2048_keys.private, public.encrypt(b"x" * 31, oaep))
+
+
+# --- specs: one entry per backend is all the rest of the code reads -----------------------
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_BACKENDS))
+def test_spec_client_params_round_trip_through_the_backend_id(name: str) -> None:
+    from securechat.client.sessions import kem_for
+    from securechat.crypto.backends import parse_backend_id, spec
+    from securechat.crypto.header import backend_id
+
+    backend = spec(name)
+    kem = get_kem(name, backend.client_params)
+    assert parse_backend_id(backend_id(kem)) == (name, dict(backend.client_params))
+    assert backend_id(kem_for(backend_id(kem))) == backend_id(kem)
+    assert backend.one_time_target > 0
+
+
+@pytest.mark.parametrize("bad", ["nope:x", "rsa:3072", "rsa:rsaxyz", "ecdh:", "ecdh:p384", ""])
+def test_unknown_backend_ids_are_refused_by_the_client(bad: str) -> None:
+    from securechat.client.sessions import kem_for
+    from securechat.crypto.errors import CryptoError
+
+    with pytest.raises(CryptoError, match="unknown backend"):
+        kem_for(bad)

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from securechat.crypto import handshake, prekeys
+from securechat.crypto import prekeys
 from securechat.crypto.errors import (
     BackendMismatch,
     BadPrekeySignature,
@@ -17,6 +17,7 @@ from securechat.crypto.errors import (
     SessionMismatch,
     UnknownPrekey,
 )
+from securechat.crypto.handshake import v1 as handshake
 from securechat.crypto.identity import IdentityKeyPair
 from securechat.crypto.session import Session
 from tests.crypto_protocol.helpers import BACKENDS, NOW, Responder, kem_for, start

@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from securechat.crypto import envelope as env
-from securechat.crypto import handshake, prekeys, ratchet
+from securechat.crypto import prekeys, ratchet
 from securechat.crypto.ecdh import X25519Kem
+from securechat.crypto.handshake import v1 as handshake
 from securechat.crypto.identity import IdentityKeyPair
 from securechat.crypto.kem import KeyPair
 from securechat.crypto.session import Session

@@ -53,7 +53,12 @@ from securechat.crypto.errors import (
 )
 from securechat.crypto.identity import IdentityKeyPair, SignatureError, verify
 from securechat.crypto.kem import IKem, KemError, KeyPair
-from securechat.crypto.prekeys import OneTimePrekey, SignedPrekey, check_backend
+from securechat.crypto.prekeys import (
+    SIGNED_PREKEY_GRACE,
+    OneTimePrekey,
+    SignedPrekey,
+    check_backend,
+)
 
 __all__ = [
     "HANDSHAKE_VERSION",
@@ -71,9 +76,7 @@ __all__ = [
 ]
 
 HANDSHAKE_VERSION: Final = 1
-#: How long past its signed expiry a responder still accepts its own signed prekey: messages
-#: sit in the relay's queue for up to its TTL (X3DH 4.6 leaves the period to the application).
-DEFAULT_GRACE: Final = 14 * 24 * 3600
+DEFAULT_GRACE: Final = SIGNED_PREKEY_GRACE
 _TRANSCRIPT_LABEL: Final = b"securechat-v1 handshake transcript\x00"
 _ROOT_INFO: Final = b"securechat-v1 handshake "
 _KDF_PREFIX: Final = b"\xff" * 32

@@ -1,0 +1,112 @@
+"""One :class:`BackendSpec` per end-to-end backend: the single place a backend is described.
+
+Why a table of plain data: the server's configuration, the client's command line, its key
+publishing and its parsing of the ``be`` strings in headers and prekeys all need to know
+which backends exist and how their parameters are written, but the server must not load
+the crypto implementations. This module imports nothing from them; :mod:`securechat.crypto.kem`
+imports each spec's ``module`` on first use (that module registers its factory). Adding a
+backend is one entry here plus its module.
+
+A backend id (the ``be`` field, :func:`securechat.crypto.header.backend_id`) is
+``name:params``, e.g. ``ecdh:x25519``, ``dh:ffdhe3072``, ``rsa:rsa3072``, ``hybrid:xwing``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+__all__ = [
+    "DEFAULT_BACKEND",
+    "SPECS",
+    "BackendSpec",
+    "backend_names",
+    "parse_backend_id",
+    "spec",
+]
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """Everything outside a backend's module needs to know about it.
+
+    :ivar name: registry name, as in configuration files and ``--backend``.
+    :ivar module: the module whose import registers the KEM factory under ``name``.
+    :ivar parse_params: the ``params`` half of a backend id -> factory keyword arguments;
+        returns ``None`` for text that names no parameter set of this backend.
+    :ivar client_params: what a client uses when it makes its own keys.
+    :ivar one_time_target: one-time prekeys a client keeps published (fewer for backends
+        whose key generation is slow, such as RSA).
+    :ivar summary: one line for ``--help`` and the documentation.
+    """
+
+    name: str
+    module: str
+    parse_params: Callable[[str], dict[str, Any] | None]
+    client_params: Mapping[str, Any] = field(default_factory=dict)
+    one_time_target: int = 50
+    summary: str = ""
+
+
+def _ecdh(params: str) -> dict[str, Any] | None:
+    return {"curve": params} if params else None
+
+
+def _dh(params: str) -> dict[str, Any] | None:
+    return {"group": params} if params else None
+
+
+def _rsa(params: str) -> dict[str, Any] | None:
+    digits = params[3:]
+    if not params.startswith("rsa") or not digits.isdigit() or len(digits) > 5:
+        return None
+    return {"bits": int(digits)}
+
+
+SPECS: Final[Mapping[str, BackendSpec]] = {
+    spec.name: spec
+    for spec in (
+        BackendSpec(
+            "ecdh", "securechat.crypto.ecdh", _ecdh, {"curve": "x25519"}, 50,
+            "DHKEM(X25519) or DHKEM(P-256), RFC 9180",
+        ),
+        BackendSpec(
+            "dh", "securechat.crypto.dh", _dh, {"group": "ffdhe3072"}, 20,
+            "finite-field DH (RFC 7919/3526 groups) as a DHKEM, legacy",
+        ),
+        BackendSpec(
+            "rsa", "securechat.crypto.rsa", _rsa, {"bits": 3072}, 5,
+            "RSA-OAEP-SHA256 key transport, no forward secrecy of its own",
+        ),
+    )
+}
+
+#: What a client uses for new sessions when neither the user nor the server says otherwise.
+DEFAULT_BACKEND: Final = "ecdh"
+
+
+def backend_names() -> tuple[str, ...]:
+    """Every backend name, sorted."""
+    return tuple(sorted(SPECS))
+
+
+def spec(name: str) -> BackendSpec:
+    """:raises KeyError: for a name no backend has."""
+    try:
+        return SPECS[name]
+    except KeyError:
+        raise KeyError(f"unknown key-agreement backend {name!r}") from None
+
+
+def parse_backend_id(backend_id: str) -> tuple[str, dict[str, Any]]:
+    """``"dh:ffdhe2048"`` -> ``("dh", {"group": "ffdhe2048"})``.
+
+    :raises KeyError: unknown backend name or unparsable parameters (the factory still
+        validates the values themselves, e.g. refuses an unknown curve).
+    """
+    name, _, params = backend_id.partition(":")
+    parsed = spec(name).parse_params(params)
+    if parsed is None:
+        raise KeyError(f"unknown parameters in backend id {backend_id!r}")
+    return name, parsed

@@ -9,14 +9,16 @@ last input line are still shown, and the controller decides when everything is f
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.protocols.basic import LineReceiver
 from zope.interface import Interface, implementer
+
+from securechat.client import events as ev
+from securechat.client.render import Renderer
+
+__all__ = ["HELP", "MAX_LINE", "ConsoleProtocol", "IChatController", "Renderer"]
 
 HELP = """\
 /msg USER|#ROOM TEXT   send one message
@@ -74,64 +76,6 @@ class IChatController(Interface):
         """Finish pending sends, then exit."""
 
 
-class Renderer:
-    """Writes events to stdout, as text for people or as JSON lines for scripts."""
-
-    def __init__(
-        self,
-        write: Callable[[bytes], None],
-        json_mode: bool,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._write = write
-        self.json_mode = json_mode
-        self._clock = clock
-
-    def event(self, type_: str, **fields: Any) -> None:
-        """Emit one event; ``None`` fields are left out."""
-        fields = {k: v for k, v in fields.items() if v is not None}
-        fields.setdefault("time", self._clock())
-        if self.json_mode:
-            line = json.dumps({"type": type_, **fields}, ensure_ascii=True, sort_keys=True)
-        else:
-            line = self._human(type_, fields)
-        self._write(line.encode("utf-8") + b"\n")
-
-    def _human(self, type_: str, raw: dict[str, Any]) -> str:
-        # Every field may come from a peer or the relay: no control characters, and no
-        # line breaks that could fake a whole line from someone else.
-        f = {k: _safe(v) if isinstance(v, str) else v for k, v in raw.items()}
-        stamp = time.strftime("%H:%M:%S", time.localtime(float(f["time"])))
-        where = f" [{f['room']}]" if f.get("room") else ""
-        if type_ == "message":
-            mark = "" if f.get("verified") else "?"
-            return f"{stamp}{where} <{f.get('from')}{mark}> {f.get('text', '')!s}"
-        if type_ == "sent":
-            return f"{stamp}{where} -> {f.get('to')}: {f.get('status')}"
-        if type_ == "presence":
-            state = "online" if f.get("online") else "offline"
-            return f"{stamp} * {f.get('user')} is {state}"
-        if type_ == "verify":
-            flag = "verified" if f.get("verified") else "not verified"
-            return (
-                f"{stamp} safety number with {f.get('user')} ({flag}):\n  {f.get('safety_number')}"
-                f"\n  your key:  {f.get('own_fingerprint')}\n  their key: {f.get('fingerprint')}"
-            )
-        if type_ in ("warning", "error"):
-            return f"{stamp} {type_.upper()}: {f.get('text', '')!s}"
-        text = f.get("text")
-        if text is None:
-            text = ", ".join(f"{k}={v}" for k, v in sorted(f.items()) if k != "time")
-        return f"{stamp} {text}"
-
-
-def _safe(text: str) -> str:
-    """Strip terminal control characters from peer-supplied text (no escape injection);
-    continuation lines are indented so they cannot pass for a message of their own."""
-    clean = "".join(c if c.isprintable() or c == "\n" else "\ufffd" for c in text)
-    return clean.replace("\n", "\n    ")
-
-
 @implementer(IHalfCloseableProtocol)
 class ConsoleProtocol(LineReceiver):
     """Line protocol on stdin/stdout."""
@@ -179,7 +123,7 @@ class ConsoleProtocol(LineReceiver):
 
     def _error(self, text: str) -> None:
         assert self.renderer is not None
-        self.renderer.event("error", text=text)
+        self.renderer.show(ev.Error(text, code="bad-input"))
 
     def _command(self, text: str) -> None:
         parts = text.split(maxsplit=2)
@@ -200,7 +144,7 @@ class ConsoleProtocol(LineReceiver):
         }
         if name == "/help":
             assert self.renderer is not None
-            self.renderer.event("info", text=HELP)
+            self.renderer.show(ev.Info(HELP))
         elif name in simple and not args:
             simple[name]()
         elif name in one_arg and len(args) == 1:
@@ -214,7 +158,7 @@ class ConsoleProtocol(LineReceiver):
         elif name == "/chat" and len(args) == 1:
             self.target = args[0]
             assert self.renderer is not None
-            self.renderer.event("info", text=f"now talking to {self.target}", to=self.target)
+            self.renderer.show(ev.Info(f"now talking to {self.target}", to=self.target))
         elif name == "/contact" and len(args) == 2 and args[0] in ("add", "accept", "remove"):
             c.contact(args[0], args[1].split()[0])
         elif name == "/backend" and len(args) <= 1:

@@ -313,10 +313,17 @@ class SessionManager:
             session.to_bytes()
         )
 
-    def encrypt(self, session: Session, text: str, room: str | None) -> tuple[bytes, bytes]:
+    def encrypt(
+        self, session: Session, text: str, room: str | None, message_id: bytes | None = None
+    ) -> tuple[bytes, bytes]:
         """Encrypt; returns ``(message_id, envelope)``. The caller saves the keystore
-        before the envelope leaves, so a message key is never used twice after a crash."""
-        message_id = os.urandom(env.MESSAGE_ID_SIZE)
+        before the envelope leaves, so a message key is never used twice after a crash.
+
+        :param message_id: the id chosen when the message was typed (kept across a resend
+            under a new session, so the peer drops a second copy); random if ``None``.
+        """
+        if message_id is None:
+            message_id = os.urandom(env.MESSAGE_ID_SIZE)
         envelope = session.encrypt(encode_plaintext(text), room=room, message_id=message_id)
         self.save_session(session)
         return message_id, envelope

@@ -23,7 +23,7 @@ from securechat.client.chat import ChatClient
 from securechat.client.console import ConsoleProtocol, Renderer
 from securechat.client.keystore import TEST_KDF, Keystore
 from securechat.client.network import LoginFailed, WireClientFactory, WireClientProtocol
-from securechat.client.outbox import plan_batches
+from securechat.client.outbox import Outbox, OutboxEntry, plan_batches
 from securechat.client.sessions import SessionManager
 from securechat.crypto.identity import IdentityKeyPair
 from tests.server.harness import Harness, make_config
@@ -262,7 +262,7 @@ def test_chat_both_ways(net_all: Net, requests: list[Any], backend: str) -> None
     assert alice.messages() == [("bob", None, "hi alice"), ("bob", None, "second line")]
     # bob answers on the session alice started: no bundle fetch of his own.
     assert "FetchBundle" not in kinds(requests, "bob")
-    assert alice.client.outbox == [] and bob.client.outbox == []
+    assert not alice.client.outbox and not bob.client.outbox
 
 
 def test_offline_delivery_and_session_kept_across_restart(net: Net) -> None:
@@ -354,32 +354,32 @@ def test_outbox_is_saved_before_sending_and_resent_with_the_same_id(net: Net) ->
     assert alice.pump is not None
     # Typed while the connection is about to break: encrypted, saved, written...
     alice.client.send_text("bob", "survives a broken connection")
-    [entry] = alice.on_disk().state.extra["outbox"]
-    assert entry["to"] == "bob"
+    [entry] = Outbox(alice.on_disk().state.extra)
+    assert entry.to == "bob"
     # ...but the bytes never reach the server.
     alice.drop(discard_unsent=True)
     assert bob.messages() == [("alice", None, "first")]
-    assert [e["mid"] for e in alice.client.outbox] == [entry["mid"]]
+    assert [e.mid for e in alice.client.outbox] == [entry.mid]
     [status] = alice.events("status")[-1:]
     assert status["state"] == "disconnected"
 
     alice.connect()  # ClientService would reconnect; the entry goes out again unchanged
     assert bob.messages()[-1] == ("alice", None, "survives a broken connection")
-    assert bob.events("message")[-1]["id"] == entry["mid"].hex()
-    assert alice.events("sent")[-1]["id"] == entry["mid"].hex()
-    assert alice.on_disk().state.extra["outbox"] == []
+    assert bob.events("message")[-1]["id"] == entry.mid.hex()
+    assert alice.events("sent")[-1]["id"] == entry.mid.hex()
+    assert not Outbox(alice.on_disk().state.extra)
 
 
 def test_outbox_is_resent_by_the_next_process(net: Net) -> None:
     alice, bob = net.peer("alice"), net.peer("bob")
     alice.type("/msg bob first")
     alice.client.send_text("bob", "sent by a process that then died")
-    mid = alice.client.outbox[0]["mid"]
+    [mid] = [e.mid for e in alice.client.outbox]
     alice.drop(discard_unsent=True)
     restarted = Peer(net, "alice").connect()
     assert bob.events("message")[-1]["id"] == mid.hex()
     assert bob.messages()[-1][2] == "sent by a process that then died"
-    assert restarted.client.outbox == []
+    assert not restarted.client.outbox
 
 
 def test_delivery_is_acknowledged_only_after_it_is_saved(net: Net) -> None:
@@ -521,7 +521,7 @@ def test_send_is_retried_after_the_store_was_unavailable(net: Net) -> None:
     net.harness.clock.advance(5)
     net.flush()
     assert bob.messages() == [("alice", None, "are you there")]
-    assert alice.client.outbox == []
+    assert not alice.client.outbox
     assert [e["status"] for e in alice.events("sent")] == ["delivered"]
 
 
@@ -554,11 +554,12 @@ def test_send_batches_stay_under_the_servers_frame_limit(net: Net) -> None:
     alice = net.peer("alice")
     welcome = alice.client.welcome
     assert welcome is not None
-    entries = [{"payload": b"x" * 33_000, "mid": bytes([i]) * 16} for i in range(40)]
+    entries = [OutboxEntry(mid=bytes([i]) * 16, to="bob", backend="ecdh", payload=b"x" * 33_000)
+               for i in range(40)]  # fmt: skip
     batches = plan_batches(entries, welcome.max_batch, welcome.max_frame_bytes)
     assert sum(len(b) for b in batches) == 40 and len(batches) >= 2
     for batch in batches:
-        assert sum(len(e["payload"]) + 128 for e in batch) < welcome.max_frame_bytes
+        assert sum(len(e.payload or b"") + 128 for e in batch) < welcome.max_frame_bytes
 
 
 def test_room_updates_for_an_unknown_room_do_not_invent_its_members(net: Net) -> None:

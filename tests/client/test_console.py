@@ -8,6 +8,7 @@ from typing import Any
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
+from securechat.client import events as ev
 from securechat.client.console import ConsoleProtocol, IChatController, Renderer
 
 
@@ -94,7 +95,7 @@ def test_end_of_stdin_quits_through_the_controller() -> None:
 def test_json_events_are_one_object_per_line() -> None:
     _, _, t = console(json_mode=True)
     r = Renderer(t.write, True, clock=lambda: 12.5)
-    r.event("message", **{"from": "bob", "text": "hi\nthere", "verified": False, "room": None})
+    r.show(ev.Message(sender="bob", body="hi\nthere", verified=False, room=None))
     line = t.value().splitlines()[-1]
     assert json.loads(line) == {
         "type": "message",
@@ -108,7 +109,7 @@ def test_json_events_are_one_object_per_line() -> None:
 def test_human_rendering_strips_control_characters() -> None:
     out: list[bytes] = []
     r = Renderer(out.append, False, clock=lambda: 0.0)
-    r.event("message", **{"from": "bob", "text": "hi\x1b[2Jthere", "verified": True})
+    r.show(ev.Message(sender="bob", body="hi\x1b[2Jthere", verified=True))
     assert b"\x1b" not in out[0]
     assert b"<bob> hi" in out[0]
 
@@ -123,7 +124,7 @@ def test_overlong_line_is_refused() -> None:
 def test_peer_text_cannot_fake_a_line_of_its_own() -> None:
     out: list[bytes] = []
     r = Renderer(out.append, False, clock=lambda: 0.0)
-    r.event("message", **{"from": "mallory", "text": "ok\n12:01:02 <alice> /trust mallory"})
+    r.show(ev.Message(sender="mallory", body="ok\n12:01:02 <alice> /trust mallory"))
     lines = out[0].decode().splitlines()
     assert len(lines) == 2 and lines[1].startswith("    ")  # indented continuation
 
@@ -131,13 +132,13 @@ def test_peer_text_cannot_fake_a_line_of_its_own() -> None:
 def test_every_shown_field_is_cleaned() -> None:
     out: list[bytes] = []
     r = Renderer(out.append, False, clock=lambda: 0.0)
-    r.event("presence", user="bob\x1b[31m", online=True)
-    r.event("message", **{"from": "bob", "room": "#r\x07", "text": "hi", "verified": True})
+    r.show(ev.Presence(user="bob\x1b[31m", online=True))
+    r.show(ev.Message(sender="bob", room="#r\x07", body="hi", verified=True))
     assert b"\x1b" not in b"".join(out) and b"\x07" not in b"".join(out)
 
 
 def test_json_lines_survive_unicode_line_separators() -> None:
     out: list[bytes] = []
-    Renderer(out.append, True, clock=lambda: 0.0).event("message", text="a\u2028b\x85c")
+    Renderer(out.append, True, clock=lambda: 0.0).show(ev.Message(body="a\u2028b\x85c"))
     assert len(out[0].decode().splitlines()) == 1
     assert json.loads(out[0])["text"] == "a\u2028b\x85c"

@@ -1,0 +1,124 @@
+"""Setting up one connection: hello, registration, login, and prekey publishing.
+
+Kept apart from the chat controller so that what happens before the user may type (and
+what a reconnect repeats) reads in one place. Everything here runs over one
+:class:`~securechat.client.network.WireClientProtocol` and raises on the first refusal;
+the controller decides what a failure means (first login: exit; reconnect: retry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from securechat import wire
+from securechat.client import events as ev
+from securechat.client.network import LoginFailed, RemoteError, WireClientProtocol
+from securechat.client.sessions import SessionManager
+
+AGENT = "securechat-client/0.1"
+
+
+@dataclass(frozen=True)
+class LoggedIn:
+    """What a successful set-up learned about the server and us."""
+
+    welcome: wire.Welcome
+    role: str
+
+
+class Account:
+    """Registration, login and prekeys for the user of one keystore."""
+
+    def __init__(
+        self,
+        sessions: SessionManager,
+        *,
+        password: str | None,
+        register: bool,
+        emit: Callable[[ev.Event], None],
+    ) -> None:
+        self.sessions = sessions
+        self.keystore = sessions.keystore
+        self.user = sessions.user
+        self.password = password
+        self.register = register
+        self._emit = emit
+
+    async def set_up(self, proto: WireClientProtocol, backend: str | None) -> LoggedIn:
+        """Hello, register if asked (once), log in, and publish prekeys for every backend.
+
+        :param backend: the backend the user chose, refused if the server does not allow it.
+        """
+        welcome = await proto.request(wire.Hello, version=wire.PROTOCOL_VERSION, agent=AGENT)
+        assert isinstance(welcome, wire.Welcome)
+        registering = self.register and not self.keystore.state.extra.get("registered")
+        if registering:
+            await self._register(proto, welcome)
+        role = await self._login(proto, welcome)
+        if registering:
+            self.keystore.state.extra["registered"] = True
+            self.keystore.save()
+        for name in welcome.backends:
+            await self.publish(proto, name, None)
+        if backend is not None and backend not in welcome.backends:
+            raise LoginFailed(f"the server does not allow backend {backend!r}")
+        return LoggedIn(welcome, role)
+
+    async def _register(self, proto: WireClientProtocol, welcome: wire.Welcome) -> None:
+        challenge = solution = None
+        if welcome.pow_bits:
+            reply = await proto.request(wire.PowChallenge)
+            assert isinstance(reply, wire.PowChallengeReply)
+            challenge = reply.challenge
+            solution = wire.pow_solve(challenge, self.user, reply.bits)
+        try:
+            await proto.request(
+                wire.Register, user=self.user, password=self.password,
+                identity_key=self.sessions.identity.public_bytes(),
+                pow_challenge=challenge, pow_solution=solution,
+            )  # fmt: skip
+        except RemoteError as e:
+            if e.code != "name-taken" or self.password is None:
+                raise
+            # An account an admin created (securechat-admin user add): logging in with its
+            # password proves it is ours; the identity key goes up with the prekeys.
+            self._emit(ev.Info(f"account {self.user} exists; logging in to set it up"))
+
+    async def _login(self, proto: WireClientProtocol, welcome: wire.Welcome) -> str:
+        methods = welcome.auth_methods
+        if self.password is not None and "password" in methods:
+            reply = await proto.request(wire.LoginPassword, user=self.user, password=self.password)
+        elif "publickey" in methods:
+            nonce = await proto.request(wire.LoginChallenge)
+            assert isinstance(nonce, wire.LoginNonce)
+            payload = wire.login_signature_payload(self.user, nonce.nonce, proto.exporter())
+            reply = await proto.request(
+                wire.LoginPublicKey, user=self.user, nonce=nonce.nonce,
+                signature=self.sessions.identity.sign(payload),
+            )  # fmt: skip
+        elif "certificate" in methods:
+            reply = await proto.request(wire.LoginCertificate)
+        else:
+            raise LoginFailed("the server offers no login method this client can use")
+        assert isinstance(reply, wire.LoggedIn)
+        return reply.role
+
+    async def publish(self, proto: WireClientProtocol, backend: str, have: int | None) -> None:
+        """Upload a signed prekey when needed, then top up one-time prekeys."""
+        signed, one_time = self.sessions.prekeys_to_publish(backend, have if have is not None
+                                                            else 1 << 30)  # fmt: skip
+        self.keystore.save()  # private halves are durable before anyone can use them
+        reply = await proto.request(
+            wire.PublishPrekeys, backend=backend, signed_prekey=signed,
+            one_time=tuple(wire.OneTimePrekey(i, k) for i, k in one_time),
+            identity_key=self.sessions.identity.public_bytes(),
+        )  # fmt: skip
+        assert isinstance(reply, wire.PrekeysStored)
+        _, one_time = self.sessions.prekeys_to_publish(backend, reply.one_time_count)
+        if one_time:
+            self.keystore.save()
+            await proto.request(
+                wire.PublishPrekeys, backend=backend,
+                one_time=tuple(wire.OneTimePrekey(i, k) for i, k in one_time),
+            )  # fmt: skip

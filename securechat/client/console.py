@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.protocols.basic import LineReceiver
+from twisted.internet.protocol import Protocol
 from zope.interface import Interface, implementer
 
 from securechat.client import events as ev
@@ -31,8 +31,12 @@ HELP = """\
 /trust USER            mark USER's current key as verified
 /backend [NAME]        show or choose the key-agreement backend (dh, ecdh, rsa)
 /users  /kick USER     (admins)
-/quit                  leave after pending messages are accepted"""
+/quit                  leave after pending messages are accepted (later lines are ignored)
 
+A line (command or message) may be at most 16384 bytes of UTF-8; a longer line, or one
+that is not UTF-8, is refused whole and nothing of it is sent."""
+
+#: Longest accepted input line in bytes (without the newline); the README and /help say so.
 MAX_LINE = 16 * 1024
 
 
@@ -77,11 +81,14 @@ class IChatController(Interface):
 
 
 @implementer(IHalfCloseableProtocol)
-class ConsoleProtocol(LineReceiver):
-    """Line protocol on stdin/stdout."""
+class ConsoleProtocol(Protocol):
+    """Line protocol on stdin/stdout.
 
-    delimiter = b"\n"
-    MAX_LENGTH = MAX_LINE
+    Input rules: a line longer than :data:`MAX_LINE` bytes is refused whole (one error,
+    nothing of it sent, the rest of it up to the next newline skipped), a line that is not
+    UTF-8 is refused (one error) rather than sent with replacement characters, and after
+    ``/quit`` nothing more is read: later lines are never sent.
+    """
 
     def __init__(
         self,
@@ -93,15 +100,50 @@ class ConsoleProtocol(LineReceiver):
         self.renderer: Renderer | None = None
         self.target: str | None = None
         self.is_admin = False
+        self._buffer = b""
+        self._skipping = False  # inside an over-long line: drop bytes up to its newline
+        self.stopped_reading = False
 
     def connectionMade(self) -> None:
         """Protocol API: stdout is ready, so the renderer can write to it."""
         assert self.transport is not None
         self.renderer = self._renderer_factory(self.transport.write)
 
+    def dataReceived(self, data: bytes) -> None:
+        """Protocol API: split stdin into lines, enforcing the input rules."""
+        if self.stopped_reading:
+            return
+        self._buffer += data
+        while not self.stopped_reading:
+            line, newline, rest = self._buffer.partition(b"\n")
+            if not newline:
+                if len(self._buffer) > MAX_LINE and not self._skipping:
+                    self._too_long()
+                if self._skipping:
+                    self._buffer = b""  # bounded memory while the long line goes on
+                return
+            self._buffer = rest
+            if self._skipping:
+                self._skipping = False  # the end of the refused line
+            elif len(line) > MAX_LINE:
+                self._too_long()
+                self._skipping = False
+            else:
+                self.lineReceived(line)
+        self._buffer = b""
+
+    def _too_long(self) -> None:
+        self._skipping = True
+        self._error(f"line too long (at most {MAX_LINE} bytes): nothing of it was sent",
+                    code="line-too-long")  # fmt: skip
+
     def lineReceived(self, line: bytes) -> None:
-        """LineReceiver API: one command or one message."""
-        text = line.decode("utf-8", errors="replace").rstrip("\r")
+        """One command or one message."""
+        try:
+            text = line.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError:
+            self._error("line is not UTF-8: nothing of it was sent", code="not-utf8")
+            return
         if not text.strip():
             return
         if text.startswith("/"):
@@ -111,19 +153,26 @@ class ConsoleProtocol(LineReceiver):
         else:
             self.controller.send_text(self.target, text)
 
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self._error(f"line too long (at most {MAX_LINE} bytes)")
+    def _quit(self) -> None:
+        """``/quit``: stop reading stdin for good, then let pending sends finish."""
+        self.stopped_reading = True
+        self._buffer = b""
+        if self.transport is not None and hasattr(self.transport, "stopReading"):
+            self.transport.stopReading()
+        self.controller.quit()
 
     def readConnectionLost(self) -> None:
         """IHalfCloseableProtocol API: stdin ended; finish pending sends, then quit."""
-        self.controller.quit()
+        if not self.stopped_reading:
+            self.stopped_reading = True
+            self.controller.quit()
 
     def writeConnectionLost(self) -> None:
         """IHalfCloseableProtocol API: nothing to do when stdout closes early."""
 
-    def _error(self, text: str) -> None:
+    def _error(self, text: str, code: str = "bad-input") -> None:
         assert self.renderer is not None
-        self.renderer.show(ev.Error(text, code="bad-input"))
+        self.renderer.show(ev.Error(text, code=code))
 
     def _command(self, text: str) -> None:
         parts = text.split(maxsplit=2)
@@ -132,7 +181,7 @@ class ConsoleProtocol(LineReceiver):
         simple: dict[str, Callable[[], None]] = {
             "/who": c.who,
             "/contacts": c.contacts,
-            "/quit": c.quit,
+            "/quit": self._quit,
             "/users": c.admin_users,
         }
         one_arg: dict[str, Callable[[str], None]] = {

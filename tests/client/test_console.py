@@ -9,7 +9,7 @@ from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
 from securechat.client import events as ev
-from securechat.client.console import ConsoleProtocol, IChatController, Renderer
+from securechat.client.console import MAX_LINE, ConsoleProtocol, IChatController, Renderer
 
 
 @implementer(IChatController)
@@ -119,6 +119,62 @@ def test_overlong_line_is_refused() -> None:
     proto.dataReceived(b"x" * (20 * 1024) + b"\n")
     assert b"too long" in t.value()
     assert rec.calls == []
+
+
+def errors(t: StringTransport) -> list[dict[str, Any]]:
+    return [e for e in map(json.loads, t.value().splitlines()) if e["type"] == "error"]
+
+
+def test_an_overlong_chat_line_is_refused_whole_with_one_error() -> None:
+    """Before: a 40,000-byte line gave an error *and* a 15,441-character fragment was sent."""
+    proto, rec, t = console(json_mode=True)
+    feed(proto, "/chat bob")
+    proto.dataReceived(b"y" * 40_000 + b"\nafter\n")
+    assert rec.calls == [("send_text", "bob", "after")]
+    [error] = errors(t)
+    assert error["code"] == "line-too-long" and "16384" in error["text"]
+
+
+def test_a_megabyte_line_in_many_chunks_gives_one_error_and_bounded_memory() -> None:
+    """Before: a 1 MB /msg line gave 43-64 identical errors."""
+    proto, rec, t = console(json_mode=True)
+    chunk = b"/msg bob " + b"z" * 65_527
+    for _ in range(16):
+        proto.dataReceived(chunk)
+        assert len(proto._buffer) <= 16 * 1024 + len(chunk)
+    proto.dataReceived(b"tail\n/who\n")
+    assert rec.calls == [("who",)]
+    assert len(errors(t)) == 1
+
+
+def test_a_line_of_exactly_the_limit_is_accepted() -> None:
+    proto, rec, _ = console()
+    text = "a" * (MAX_LINE - len("/msg bob "))
+    feed(proto, f"/msg bob {text}")
+    assert rec.calls == [("send_text", "bob", text)]
+
+
+def test_non_utf8_input_is_refused_with_one_error() -> None:
+    proto, rec, t = console(json_mode=True)
+    proto.dataReceived(b"/msg bob caf\xe9 au lait\n/who\n")
+    assert rec.calls == [("who",)]
+    [error] = errors(t)
+    assert error["code"] == "not-utf8"
+
+
+def test_nothing_after_quit_is_read() -> None:
+    """Before: ``printf '/quit\\n/msg bob after quit\\n'`` delivered "after quit" later."""
+    proto, rec, _ = console()
+    feed(proto, "/msg bob before", "/quit", "/msg bob after quit")
+    proto.dataReceived(b"/msg bob in a later chunk\n")
+    proto.readConnectionLost()
+    assert rec.calls == [("send_text", "bob", "before"), ("quit",)]
+
+
+def test_help_states_the_line_limit() -> None:
+    proto, _, t = console()
+    feed(proto, "/help")
+    assert b"16384 bytes" in t.value()
 
 
 def test_peer_text_cannot_fake_a_line_of_its_own() -> None:

@@ -21,6 +21,7 @@ setup(
         "cryptography>=50",
         "cbor2>=5.6",
         "attrs>=24",
+        "prometheus_client>=0.20",
     ],
     extras_require={
         "test": [

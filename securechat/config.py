@@ -28,6 +28,7 @@ PASSWORD_HASHES = ("argon2id", "scrypt")
 MESSAGING_POLICIES = ("anyone", "contacts")
 TLS_VERSIONS = ("1.2", "1.3")
 SYNCHRONOUS_MODES = ("full", "normal")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class TLSSection:
     ca_key: Path = Path("var/tls/ca.key")
     min_version: str = "1.3"
     hostnames: tuple[str, ...] = ("localhost", "127.0.0.1")
+    #: Seconds between checks whether ``cert``/``key`` changed on disk (0: never); a
+    #: changed pair is loaded for new connections, and an auto-generated leaf is renewed.
+    reload_interval: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,20 @@ class PolicySection:
 
 
 @dataclass(frozen=True)
+class LogSection:
+    """``[log]``: how the daemon writes its log lines."""
+
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    """``[metrics]``: the Prometheus ``/metrics`` and ``/healthz`` listener (off when empty)."""
+
+    listen: str = ""
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """The whole, validated server configuration."""
 
@@ -110,6 +128,8 @@ class ServerConfig:
     auth: AuthSection
     crypto: CryptoSection
     policy: PolicySection
+    log: LogSection = LogSection()
+    metrics: MetricsSection = MetricsSection()
 
 
 _T = TypeVar("_T")
@@ -120,6 +140,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "auth": AuthSection,
     "crypto": CryptoSection,
     "policy": PolicySection,
+    "log": LogSection,
+    "metrics": MetricsSection,
 }
 
 
@@ -226,6 +248,34 @@ def _valid_hostname(host: str) -> bool:
     return True
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as a host and a port number.
+
+    :raises ValueError: if it is not of that form.
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError("must be HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    number = int(port)
+    if number > 65535:
+        raise ValueError("port must be between 0 and 65535")
+    return host, number
+
+
+def _check_loopback_listen(shown: str, value: str) -> None:
+    """Metrics tell user names' activity patterns: keep them off the network by default."""
+    where = "[metrics] listen"
+    try:
+        host, _ = parse_listen(value)
+        address = ipaddress.ip_address(host)
+    except ValueError as e:
+        raise ConfigError(shown, where, f"{value!r}: {e}, with an IP address") from None
+    if not address.is_loopback:
+        raise ConfigError(shown, where, f"{host} is not a loopback address")
+
+
 def _one_of(shown: str, where: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(shown, where, f"{value!r} is not one of {', '.join(allowed)}")
@@ -266,6 +316,9 @@ def _check(cfg: ServerConfig, shown: str) -> None:
             shown, "[crypto] default_backend", f"{cfg.crypto.default_backend!r} is not in backends"
         )
     _one_of(shown, "[policy] messaging", cfg.policy.messaging, MESSAGING_POLICIES)
+    _one_of(shown, "[log] format", cfg.log.format, LOG_FORMATS)
+    if cfg.metrics.listen:
+        _check_loopback_listen(shown, cfg.metrics.listen)
     if cfg.policy.max_envelope_bytes >= cfg.server.max_frame_bytes:
         raise ConfigError(
             shown, "[policy] max_envelope_bytes", "must be smaller than [server] max_frame_bytes"

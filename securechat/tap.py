@@ -9,6 +9,7 @@ import atexit
 import os
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NoReturn, cast
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -18,12 +19,14 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
 from securechat.config import ServerConfig, load_config
 from securechat.errors import ConfigError
+from securechat.logs import json_observer
+from securechat.server.metrics import NULL_METRICS, IMetrics, RelayMetrics
 from securechat.server.protocol import build_factory
 from securechat.server.store.interface import IStore
 from securechat.server.store.sqlite import SQLiteStore
@@ -63,11 +66,18 @@ class RelayService(MultiService):
     log = Logger()
 
     def __init__(
-        self, config: ServerConfig, reactor: Reactor, store: IStore, build_factory: FactoryBuilder
+        self,
+        config: ServerConfig,
+        reactor: Reactor,
+        store: IStore,
+        build_factory: FactoryBuilder,
+        metrics: IMetrics = NULL_METRICS,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._config, self._reactor, self._store = config, reactor, store
         self._build_factory = build_factory
+        self._metrics = metrics
+        self.monitoring: Any = None
         self._listener: StreamServerEndpointService | None = None
         self._factory: IProtocolFactory | None = None
         self._timer = TimerService(EXPIRE_INTERVAL, self._expire)  # type: ignore[no-untyped-call]
@@ -77,6 +87,14 @@ class RelayService(MultiService):
         )
         self._account_timer.clock = reactor
         self.port: IListeningPort | None = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        """With ``[log] format = "json"``, offer twistd the JSON observer: twistd asks the
+        application for an ``ILogObserver`` component before it starts logging (a
+        ``--logger`` option on the command line still wins)."""
+        super().setServiceParent(parent)  # type: ignore[no-untyped-call]
+        if self._config.log.format == "json" and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, json_observer())
 
     def exit_process(self, code: int) -> None:
         """Stop the reactor; exit with ``code`` at interpreter exit, after twistd's cleanup."""
@@ -132,6 +150,8 @@ class RelayService(MultiService):
 
     def _store_opened(self, _: None) -> None:
         if self.running:  # not stopped meanwhile
+            if self.monitoring is not None:
+                self.monitoring.store_opened()
             self._timer.setServiceParent(self)  # type: ignore[no-untyped-call]
             self._account_timer.setServiceParent(self)  # type: ignore[no-untyped-call]
 
@@ -158,8 +178,13 @@ class RelayService(MultiService):
         """Never fails (nor raises): a TimerService stops for good after one failure."""
         self._guarded("housekeeping", "housekeeping")  # logs its own failures
         d: Deferred[Any] = maybeDeferred(self._store.expire, self._reactor.seconds())
-        d.addCallback(lambda n: self.log.info("expired {n} old envelopes", n=n) if n else None)
+        d.addCallback(self._expired)
         return d.addErrback(lambda f: self.log.failure("expiring old envelopes failed", f))
+
+    def _expired(self, n: int) -> None:
+        if n:
+            self._metrics.expired(n)
+            self.log.info("expired {n} old envelopes", n=n)
 
     def stopService(self) -> Deferred[None]:
         """Stop the timer and the listener, then flush pending commits and close the store."""
@@ -172,4 +197,14 @@ def makeService(options: Options, reactor: Reactor = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
     cfg = options.server_config
-    return RelayService(cfg, reactor, SQLiteStore(cfg.store, clock=reactor), build_factory)
+    store = SQLiteStore(cfg.store, clock=reactor)
+    if not cfg.metrics.listen:
+        return RelayService(cfg, reactor, store, build_factory)
+    from securechat.server.monitoring import MonitoringService  # prometheus_client only then
+
+    metrics = RelayMetrics(reactor)
+    store.metrics = metrics
+    service = RelayService(cfg, reactor, store, partial(build_factory, metrics=metrics), metrics)
+    service.monitoring = MonitoringService(cfg.metrics.listen, metrics, store, reactor)
+    service.monitoring.setServiceParent(service)
+    return service

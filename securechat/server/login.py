@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 from securechat import wire
 from securechat.server.auth import Account, register_user
+from securechat.server.autherrors import AuthError, BadCredentials, Throttled
 from securechat.server.relay import RelayError
 
 if TYPE_CHECKING:
@@ -77,7 +78,8 @@ async def login_password(conn: RelayProtocol, msg: wire.LoginPassword) -> wire.M
     """Password login."""
     _check_not_logged_in(conn)
     auth = conn.server.auth
-    await _login(conn, msg.id, auth.login_password(msg.user, msg.password, conn.address))
+    attempt = auth.login_password(msg.user, msg.password, conn.address)
+    await _login(conn, msg.id, attempt, "password", msg.user)
     return None
 
 
@@ -94,11 +96,12 @@ async def login_publickey(conn: RelayProtocol, msg: wire.LoginPublicKey) -> wire
     issued, conn.login_nonce = conn.login_nonce, None
     if issued is None or not wire.constant_time_equal(issued, msg.nonce):
         log.warn("conn {conn}: login nonce not issued or reused", conn=conn.cid)
+        conn.server.metrics.login("publickey", "refused")
         raise RelayError(wire.E_AUTH_FAILED, "login challenge not issued or already used")
     attempt = conn.server.auth.login_publickey(
         msg.user, issued, conn.info.exporter(), msg.signature, conn.address
     )
-    await _login(conn, msg.id, attempt)
+    await _login(conn, msg.id, attempt, "publickey", msg.user)
     return None
 
 
@@ -107,17 +110,41 @@ async def login_certificate(conn: RelayProtocol, msg: wire.LoginCertificate) -> 
     _check_not_logged_in(conn)
     cn = conn.info.peer_cn()
     if cn is None:
+        conn.server.metrics.login("certificate", "refused")
         raise RelayError(wire.E_AUTH_FAILED, "no verified client certificate")
-    await _login(conn, msg.id, conn.server.auth.login_certificate(cn, conn.address))
+    attempt = conn.server.auth.login_certificate(cn, conn.address)
+    await _login(conn, msg.id, attempt, "certificate", cn)
     return None
 
 
-async def _login(conn: RelayProtocol, rid: int, attempt: Deferred[Account]) -> None:
+def shown_name(name: str) -> str:
+    """An attempted (unchecked) user name made safe for a log line: at most 64 characters,
+    control and other non-printable characters escaped, so it cannot forge log lines."""
+    cut = name[:64]
+    return cut if cut.isprintable() else cut.encode("unicode_escape").decode("ascii")
+
+
+async def _login(
+    conn: RelayProtocol, rid: int, attempt: Deferred[Account], method: str, user: str
+) -> None:
     # Held until the session is started (or the login failed): a second login on this
     # connection while the relay registers the first must not make a second session.
     conn.logging_in = True
+    metrics = conn.server.metrics
     try:
-        account = await attempt
+        try:
+            account = await attempt
+        except AuthError as e:
+            result = "throttled" if isinstance(e, Throttled) else (
+                "failed" if isinstance(e, BadCredentials) else "refused")  # fmt: skip
+            metrics.login(method, result)
+            log.info("conn {conn}: {method} login {result} for {user} from {address}",
+                     conn=conn.cid, method=method, result=result, user=shown_name(user),
+                     address=conn.address)  # fmt: skip
+            raise
+        except Exception:
+            metrics.login(method, "error")
+            raise
         if conn.gone:
             return
         relay = conn.server.relay
@@ -128,7 +155,9 @@ async def _login(conn: RelayProtocol, rid: int, attempt: Deferred[Account]) -> N
         conn.start_session(session)
     finally:
         conn.logging_in = False
-    log.info("{user} logged in (conn {conn})", user=account.name, conn=conn.cid)
+    metrics.login(method, "ok")
+    log.info("{user} logged in (conn {conn}) from {address} with {method}", user=account.name,
+             conn=conn.cid, address=conn.address, method=method)  # fmt: skip
     conn.push(wire.LoggedIn(id=rid, user=account.name, role=account.role))
     relay.start(session)
 

@@ -35,6 +35,7 @@ from securechat.server.connection import ConnectionInfo, TLSConnectionInfo, Tran
 from securechat.server.deadlines import Deadlines
 from securechat.server.handlers import FAST_HANDLERS, HANDLERS
 from securechat.server.login import PRE_LOGIN_HANDLERS
+from securechat.server.metrics import NULL_METRICS, IMetrics, RelayMetrics
 from securechat.server.passwords import DEFAULT_PARAMS, HashParams, ThreadRunner
 from securechat.server.ratelimit import LoginThrottle, SendLimiter
 from securechat.server.relay import ISessionSink, Relay, RelayError, Session
@@ -47,6 +48,8 @@ CLOSE_GRACE = 2.0
 #: Seconds a client is told to wait after the store failed (``unavailable``).
 STORE_RETRY_AFTER = 1.0
 _HEADER = struct.Struct(">I")
+#: Refusals counted as ``rate_limited`` by request type.
+_LIMIT_CODES = frozenset({wire.E_RATE_LIMITED, wire.E_THROTTLED})
 
 
 def _server_version() -> str:
@@ -123,6 +126,7 @@ class RelayProtocol(Int32StringReceiver):
     def connectionMade(self) -> None:
         """Protocol API: start the login deadline and learn about slow readers."""
         self._tx = cast(Transport, self.transport)
+        self.server.metrics.connection_opened()
         self._tx.registerProducer(self, True)
         self._set_timeout(self.server.config.server.handshake_timeout)
 
@@ -130,6 +134,7 @@ class RelayProtocol(Int32StringReceiver):
         """Protocol API: leave the relay; un-acknowledged envelopes stay stored."""
         self._closed = True
         self._set_timeout(None)
+        self.server.metrics.connection_closed(self._handshake_done())
         if self.session is not None:
             self.server.relay.logout(self.session)
             self.log.info(
@@ -144,6 +149,12 @@ class RelayProtocol(Int32StringReceiver):
         """The TLS facts of this connection, read when a login needs them (no object is
         kept per connection)."""
         return self.server.connection_info(cast(ITransport, self.transport))
+
+    def _handshake_done(self) -> bool:
+        try:
+            return self.info.handshake_done()
+        except Exception:  # a transport without TLS state: nothing to report
+            return True
 
     @property
     def gone(self) -> bool:
@@ -331,12 +342,13 @@ class RelayProtocol(Int32StringReceiver):
         self._finished()
         e = failure.value
         if isinstance(e, RelayError):
+            if e.code in _LIMIT_CODES:
+                self.server.metrics.rate_limited(kind, 1)
             self._error(rid, e.code, e.message, e.retry_after)
-        elif isinstance(e, Throttled):
-            self.log.info("conn {conn}: login throttled", conn=self.cid)
+        elif isinstance(e, Throttled):  # logged with the user name by the login handler
+            self.server.metrics.rate_limited("login", 1)
             self._error(rid, wire.E_THROTTLED, "too many attempts", e.retry_after)
-        elif isinstance(e, BadCredentials):
-            self.log.info("conn {conn}: login failed", conn=self.cid)
+        elif isinstance(e, BadCredentials):  # likewise
             self._error(rid, wire.E_AUTH_FAILED, "login failed")
         elif isinstance(e, AuthError):
             self.log.info("conn {conn}: {kind} refused: {code}", conn=self.cid, kind=kind,
@@ -390,6 +402,7 @@ class RelayFactory(ServerFactory[RelayProtocol]):
         self.hash_params = hash_params
         self.connection_info = connection_info
         self.max_frame_bytes = config.server.max_frame_bytes
+        self.metrics: IMetrics = relay.metrics
         self.ids = count(1)
         #: The login deadlines, idle limits and close grace periods of all connections.
         self.deadlines: Deadlines[RelayProtocol] = Deadlines(clock)
@@ -435,6 +448,7 @@ def build_factory(
     auth_service: AuthService | None = None,
     hash_params: HashParams = DEFAULT_PARAMS,
     connection_info: Callable[[ITransport], ConnectionInfo] = TLSConnectionInfo,
+    metrics: IMetrics = NULL_METRICS,
 ) -> RelayFactory:
     """The server factory the daemon wraps in TLS.
 
@@ -443,12 +457,16 @@ def build_factory(
     :param auth_service: defaults to a portal over ``store`` with login throttling.
     :param hash_params: password-hash cost for registration and admin-created users.
     :param connection_info: reads the TLS exporter and client CN from a transport.
+    :param metrics: the sink the relay, the protocol and the logins report to.
     """
     now = reactor.seconds
     if auth_service is None:
         portal = make_portal(config, store, run_in_thread, params=hash_params)
         auth_service = AuthService(portal, LoginThrottle.from_config(config.auth, now), reactor)
     relay = Relay(config, store, reactor, SendLimiter.from_config(config.policy, now))
+    relay.metrics = metrics
+    if isinstance(metrics, RelayMetrics):
+        metrics.sessions = lambda: len(relay.sessions)
     return RelayFactory(
         config, store, reactor, relay, auth_service, run_in_thread, hash_params, connection_info
     )

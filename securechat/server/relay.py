@@ -35,6 +35,7 @@ from securechat import wire
 from securechat.config import ServerConfig
 from securechat.errors import NoSuchUser, QueueFull, StoreError
 from securechat.server.contacts import ContactGraph
+from securechat.server.metrics import NULL_METRICS, IMetrics
 from securechat.server.ratelimit import SendLimiter
 from securechat.server.roomdir import RoomDirectory
 from securechat.server.session import NO_ENVELOPES as _NO_ENVELOPES
@@ -73,6 +74,7 @@ class Relay:
     """
 
     log = Logger()
+    metrics: IMetrics = NULL_METRICS  #: counts envelopes and refusals (off by default)
 
     def __init__(
         self, config: ServerConfig, store: IStore, clock: IReactorTime, limiter: SendLimiter
@@ -211,6 +213,7 @@ class Relay:
             if batch:
                 session.cursor = batch[-1].seq
                 session.sink.push(wire.Deliver(items=tuple(map(deliver_item, batch))))
+                self.metrics.delivered(batch)
                 await session.sink.when_writable()
             if len(batch) < DELIVER_BATCH and not session.dirty:
                 session.pumping = False
@@ -243,6 +246,7 @@ class Relay:
             for i in range(0, len(out), DELIVER_BATCH):
                 items = tuple(map(deliver_item, out[i : i + DELIVER_BATCH]))
                 session.sink.push(wire.Deliver(items=items))
+            self.metrics.delivered(out)
 
     def ack(self, session: Session, up_to: int) -> None:
         """Delete ``session``'s envelopes up to ``up_to`` (never beyond what it was sent).
@@ -307,6 +311,7 @@ class Relay:
         wait = self.limiter.wait_time(sender, 1)
         for i in candidates[granted:]:
             results[i] = wire.SendResult(wire.STATUS_ERROR, wire.E_RATE_LIMITED, wait)
+        self.metrics.rate_limited("send", len(candidates) - granted)
         return candidates[:granted]
 
     @staticmethod
@@ -326,6 +331,7 @@ class Relay:
         online = self.sessions
         for i, env in zip(candidates, stored, strict=True):
             results[i] = _DELIVERED if env.recipient in online else _QUEUED
+        self.metrics.accepted(len(stored))
         self._route(stored)
         return results
 

@@ -192,3 +192,10 @@ class IStore(Interface):
 
     def expire(now: float) -> Deferred[int]:
         """Delete envelopes older than the TTL; returns how many."""
+
+    # -- operations --------------------------------------------------------------
+    def ping() -> Deferred[None]:
+        """Fire when the database answers a read; errback if it does not (``/healthz``)."""
+
+    def queue_stats() -> Deferred[tuple[int, int, float | None]]:
+        """``(envelopes, payload bytes, oldest accepted_at or None)`` of the whole queue."""

@@ -355,3 +355,13 @@ class MemoryStore:
             else:
                 del self._queues[recipient]
         return defer.succeed(removed)
+
+    def ping(self) -> Deferred[None]:
+        """IStore API: memory always answers."""
+        return defer.succeed(None)
+
+    def queue_stats(self) -> Deferred[tuple[int, int, float | None]]:
+        """IStore API."""
+        envelopes = [e for queue in self._queues.values() for e in queue]
+        oldest = min((e.accepted_at for e in envelopes), default=None)
+        return defer.succeed((len(envelopes), sum(len(e.payload) for e in envelopes), oldest))

@@ -448,3 +448,22 @@ def expire(conn: sqlite3.Connection, cutoff: float) -> int:
     """Delete envelopes accepted before ``cutoff``."""
     with write_transaction(conn):
         return conn.execute("DELETE FROM queue WHERE accepted_at < ?", (cutoff,)).rowcount
+
+
+# -- operations ----------------------------------------------------------------
+def queue_stats(conn: sqlite3.Connection) -> tuple[int, int, float | None]:
+    """Envelopes waiting, their payload bytes, and when the oldest was accepted (or None).
+
+    One pass over the queue: the daemon calls it on a timer for its metrics and
+    ``securechat-admin status`` once, never per request.
+    """
+    row = conn.execute(
+        "SELECT count(*), coalesce(sum(length(payload)), 0), min(accepted_at) FROM queue"
+    ).fetchone()
+    return int(row[0]), int(row[1]), None if row[2] is None else float(row[2])
+
+
+def ping(conn: sqlite3.Connection) -> int:
+    """The schema version: a read that proves the database answers (``/healthz``)."""
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    return int(row[0])

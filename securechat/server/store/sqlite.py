@@ -38,6 +38,7 @@ from zope.interface import implementer
 
 from securechat.config import StoreSection
 from securechat.errors import StoreError
+from securechat.server.metrics import NULL_METRICS, IMetrics
 from securechat.server.store import queries, schema
 from securechat.server.store.interface import (
     IStore,
@@ -74,6 +75,21 @@ def _checkpoint(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
+def _enqueue_counting_acks(
+    conn: sqlite3.Connection,
+    calls: list[list[NewEnvelope]],
+    now: float,
+    queue_limit: int,
+    acks: list[tuple[str, int]],
+) -> tuple[list[list[QueuedEnvelope] | StoreError], int]:
+    """:func:`queries.enqueue_batch`, plus how many envelopes its acknowledgements deleted
+    (the rows it changed beyond those it inserted), for the ``acked`` metric."""
+    before = conn.total_changes
+    result = queries.enqueue_batch(conn, calls, now, queue_limit, acks)
+    inserted = sum(len(r) for r in result if isinstance(r, list))
+    return result, conn.total_changes - before - inserted
+
+
 def _as_store_error(failure: Failure) -> Failure:
     """Turn a database-level exception into the ``StoreError`` the relay handles."""
     if isinstance(failure.value, sqlite3.Error):
@@ -94,6 +110,8 @@ class SQLiteStore:
     """
 
     log = Logger()
+    #: Group commits, acknowledged envelopes and errors are counted here (off by default).
+    metrics: IMetrics = NULL_METRICS
 
     def __init__(
         self,
@@ -161,9 +179,14 @@ class SQLiteStore:
             "Deferred[_T]",
             self._pool.runWithConnection(fn, *args, **kwargs),  # type: ignore[no-untyped-call]
         )
-        d.addErrback(_as_store_error)
+        d.addErrback(self._store_error)
         d.addBoth(self._done)
         return d
+
+    def _store_error(self, failure: Failure) -> Failure:
+        if isinstance(failure.value, sqlite3.Error) or type(failure.value) is StoreError:
+            self.metrics.store_error()
+        return _as_store_error(failure)
 
     def _done(self, result: _T) -> _T:
         self._busy -= 1
@@ -361,20 +384,22 @@ class SQLiteStore:
                 self._ack_call.cancel()
             self._ack_call = None
         self._acks_applying, self._acks = self._acks, {}
+        now = self._clock.seconds()
         d = self.run(
-            queries.enqueue_batch,
+            _enqueue_counting_acks,
             [envelopes for envelopes, _ in batch],
-            self._clock.seconds(),
+            now,
             self.queue_limit,
             list(self._acks_applying.items()),
         )
-        d.addBoth(self._flushed, [waiter for _, waiter in batch], size)
+        d.addBoth(self._flushed, [waiter for _, waiter in batch], size, now)
 
     def _flushed(
         self,
-        result: list[list[QueuedEnvelope] | StoreError] | Failure,
+        done: tuple[list[list[QueuedEnvelope] | StoreError], int] | Failure,
         waiters: list[Deferred[list[QueuedEnvelope]]],
         size: int,
+        started: float,
     ) -> None:
         """Fire each caller of a finished transaction, then start the next one.
 
@@ -382,6 +407,13 @@ class SQLiteStore:
         their callbacks wait for the next batch instead of each starting a transaction.
         """
         applied, self._acks_applying = self._acks_applying, {}
+        if isinstance(done, Failure):
+            result: list[list[QueuedEnvelope] | StoreError] | Failure = done
+        else:
+            result, acked = done
+            self.metrics.acked(acked)
+            if waiters:
+                self.metrics.group_commit(size, self._clock.seconds() - started)
         if isinstance(result, Failure):
             self.log.warn(
                 "group commit of {calls} calls failed: {error}",
@@ -454,3 +486,11 @@ class SQLiteStore:
     def expire(self, now: float) -> Deferred[int]:
         """IStore API: drops envelopes accepted more than ``queue_ttl`` seconds before ``now``."""
         return self.run(queries.expire, now - self.queue_ttl)
+
+    def ping(self) -> Deferred[None]:
+        """IStore API: one read on the store thread (behind any running transaction)."""
+        return self.run(queries.ping).addCallback(lambda _: None)
+
+    def queue_stats(self) -> Deferred[tuple[int, int, float | None]]:
+        """IStore API."""
+        return self.run(queries.queue_stats)

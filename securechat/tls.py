@@ -26,12 +26,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
 from OpenSSL._util import lib as _openssl_lib
+from service_identity import CertificateError, VerificationError
+from service_identity.cryptography import (
+    verify_certificate_hostname,
+    verify_certificate_ip_address,
+)
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from securechat.config import TLSSection
-from securechat.errors import ConfigError
+from securechat.errors import ConfigError, SecureChatError
 
 #: The key-exchange groups of the Mozilla "modern" profile, most preferred first.
 GROUPS = b"X25519:P-256:P-384"
@@ -397,4 +404,79 @@ def client_tls_options(
             extra["privateKey"] = serialization.load_pem_private_key(client_cert_pem, None)
         except ValueError as e:
             raise ValueError(f"the client certificate bundle is not usable: {e}") from None
-    return ssl.optionsForClientTLS(hostname, trustRoot=trust, extraCertificateOptions=extra)
+    inner = ssl.optionsForClientTLS(hostname, trustRoot=trust, extraCertificateOptions=extra)
+    return _StrictServerName(inner, hostname)
+
+
+class ServerNameMismatch(SecureChatError):
+    """The server's certificate chains to the trusted CA but does not name the host dialled
+    (no subjectAltName at all, or none matching); the text is the one line users see."""
+
+
+def server_name_problem(cert: x509.Certificate, hostname: str) -> str | None:
+    """Why ``cert`` is not valid for ``hostname`` (RFC 6125: subjectAltName only, never the
+    CN), or ``None`` when it is."""
+    try:
+        try:
+            ipaddress.ip_address(hostname)
+        except ValueError:
+            verify_certificate_hostname(cert, hostname)
+        else:
+            verify_certificate_ip_address(cert, hostname)
+    except CertificateError:
+        cn = ", ".join(
+            str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        )
+        try:
+            cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            what = "an unusable subjectAltName"
+        except x509.ExtensionNotFound:
+            what = "no subjectAltName"
+        return (
+            f"the server certificate (CN {cn or '-'}) has {what}, so it does not name "
+            f"{hostname}: refused"
+        )
+    except VerificationError:
+        names = ", ".join(sorted(_covered_names(cert))) or "nothing"
+        return f"the server certificate names {names}, not {hostname}: refused"
+    return None
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _StrictServerName:
+    """Twisted's client options with a verify callback that fails closed.
+
+    ``optionsForClientTLS`` checks the name with service_identity inside an OpenSSL verify
+    callback that only treats ``VerificationError`` as a failure: since service_identity
+    24.1 a certificate without any subjectAltName raises ``CertificateError`` instead, which
+    Twisted logs and then *accepts*. This callback replaces Twisted's: the chain result from
+    OpenSSL must be good and the leaf must name the host, or the handshake is aborted with a
+    :class:`ServerNameMismatch`.
+    """
+
+    def __init__(self, inner: IOpenSSLClientConnectionCreator, hostname: str) -> None:
+        self._inner = inner
+        self._hostname = hostname
+
+    def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        """IOpenSSLClientConnectionCreator API."""
+        conn = self._inner.clientConnectionForTLS(tlsProtocol)  # type: ignore[arg-type]
+        protocol: object | None = tlsProtocol
+        hostname = self._hostname
+
+        def verify(_c: SSL.Connection, cert: crypto.X509, _e: int, depth: int, ok: int) -> bool:
+            nonlocal protocol
+            if depth != 0 or not ok:
+                return bool(ok)  # OpenSSL's own chain verdict; only the leaf names a host
+            try:
+                problem = server_name_problem(cert.to_cryptography(), hostname)
+            except Exception as e:  # an exception in an OpenSSL callback is lost: fail closed
+                problem = f"cannot check the server certificate's names: {e!r}"
+            if problem is not None and protocol is not None:
+                failure = Failure(ServerNameMismatch(problem))  # type: ignore[no-untyped-call]
+                protocol.failVerification(failure)  # type: ignore[attr-defined]
+            protocol = None  # no reference cycle through the connection
+            return problem is None
+
+        conn.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
+        return conn

@@ -19,7 +19,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
-from service_identity.exceptions import VerificationError
 from twisted.internet import ssl
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
@@ -302,7 +301,48 @@ def test_hostname_mismatch_fails(material: TLSSection) -> None:
     )
     assert not conn.established
     assert conn.client_app.lost is not None
-    assert conn.client_app.lost.check(VerificationError)
+    assert conn.client_app.lost.check(tlsmod.ServerNameMismatch)
+    assert "chat.example" in str(conn.client_app.lost.value)
+
+
+def _leaf_from_ca(tls: TLSSection, tmp_path: Path, cn: str,
+                  san: list[x509.GeneralName] | None) -> TLSSection:  # fmt: skip
+    """``tls`` serving a leaf issued by its own (trusted) CA with ``cn`` and ``san``."""
+    cert, key = tlsmod._issue(
+        *load_ca(tls), cn, ExtendedKeyUsageOID.SERVER_AUTH, 30, san
+    )  # fmt: skip
+    (tmp_path / "odd.pem").write_bytes(tlsmod._cert_pem(cert))
+    (tmp_path / "odd.key").write_bytes(tlsmod._key_pem(key))
+    return replace(tls, cert=tmp_path / "odd.pem", key=tmp_path / "odd.key")
+
+
+def test_certificate_without_san_is_refused(material: TLSSection, tmp_path: Path) -> None:
+    """A trusted CA's certificate without subjectAltName (CN ``evil.example``) does not
+    name ``localhost``: refused with one clear reason (Twisted alone logs service_identity's
+    "no subjectAltName" error and lets the connection through)."""
+    odd = _leaf_from_ca(material, tmp_path, "evil.example", None)
+    for host in ("localhost", "evil.example", "127.0.0.1"):
+        conn = Loopback(server_tls_options(odd, client_certs=False),
+                        client_tls_options(host, ca_pem(material)))  # fmt: skip
+        assert not conn.established, host
+        assert conn.client_app.lost is not None
+        assert conn.client_app.lost.check(tlsmod.ServerNameMismatch), conn.client_app.lost
+        assert "no subjectAltName" in str(conn.client_app.lost.value)
+        assert host in str(conn.client_app.lost.value)
+
+
+def test_san_naming_another_host_is_refused(material: TLSSection, tmp_path: Path) -> None:
+    """A SAN for another name (or another IP) is refused, naming what it does cover."""
+    odd = _leaf_from_ca(material, tmp_path, "localhost",
+                        [x509.DNSName("evil.example"), x509.IPAddress(
+                            ipaddress.ip_address("127.0.0.2"))])  # fmt: skip
+    for host in ("localhost", "127.0.0.1"):
+        conn = Loopback(server_tls_options(odd, client_certs=False),
+                        client_tls_options(host, ca_pem(material)))  # fmt: skip
+        assert not conn.established
+        assert conn.client_app.lost is not None
+        assert conn.client_app.lost.check(tlsmod.ServerNameMismatch)
+        assert "evil.example" in str(conn.client_app.lost.value)
 
 
 def test_unknown_ca_fails(material: TLSSection, tmp_path: Path) -> None:

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-file",
         type=Path,
         help="read the password from the first line of this file (default: prompt on a "
-        "terminal, otherwise no password: client-certificate login only)",
+        "terminal, otherwise no password: client-certificate login only, refused unless "
+        "[auth] methods includes certificate)",
     )
     add.set_defaults(run=cmd_user_add)
     user_commands.add_parser("list", help="list users").set_defaults(run=cmd_user_list)
@@ -141,6 +142,14 @@ def cmd_user_add(cfg: ServerConfig, args: argparse.Namespace, out: TextIO) -> No
         if queries.get_user(conn, args.name) is not None:
             raise UserExists(args.name)
         password = _read_password(args)
+        if password is None and "certificate" not in cfg.auth.methods:
+            # Only a client certificate (CN = name) can log in to an account with neither
+            # password nor identity key; without that method the account would be dead.
+            raise AdminError(
+                f"refusing to add {args.name} without a password: [auth] methods in "
+                f"{args.config} does not include \"certificate\", so the account could never "
+                f"log in (give --password-file, or enable certificate login)"
+            )
         hashed = hash_password(password, cfg.auth.password_hash) if password else None
         queries.add_user(conn, args.name, role, hashed, None, time.time())
     login = "password set" if hashed else "no password: client-certificate login only"

@@ -52,11 +52,18 @@ class Options(usage.Options):
     server_config: ServerConfig
 
     def postOptions(self) -> None:
-        """Validate now, so twistd reports a bad value (one line) before anything starts."""
+        """Validate now, so a bad value stops twistd before anything starts.
+
+        A ``UsageError`` would make twistd print its whole usage block (on stdout) before
+        the reason; a config mistake is the file's fault, not the command line's, so it is
+        one line on stderr (naming the file and the key) and exit status 1.
+        """
         try:
             self.server_config = load_config(self["config"])
         except ConfigError as err:
-            raise usage.UsageError(str(err)) from None
+            sys.stderr.write(f"securechat: error: {err}\n")
+            sys.stderr.flush()
+            raise SystemExit(1) from None
 
 
 class RelayService(MultiService):

@@ -33,8 +33,10 @@ class Run:
 
 @pytest.fixture
 def config(write_config: ConfigWriter) -> Path:
-    # scrypt keeps each hash in these tests cheap enough.
-    return write_config({"auth": {"password_hash": "scrypt"}})
+    # scrypt keeps each hash in these tests cheap enough; certificate login lets the tests
+    # add password-less accounts.
+    methods = ["password", "publickey", "certificate"]
+    return write_config({"auth": {"password_hash": "scrypt", "methods": methods}})
 
 
 @pytest.fixture
@@ -100,6 +102,23 @@ def test_user_add_admin_without_password(initialised: Run, db_path: Path) -> Non
     assert status == 0
     assert out == "added user root (role admin, no password: client-certificate login only)\n"
     assert users_in(db_path)["root"] == ("admin", None)
+
+
+def test_user_add_without_password_refused_without_certificate_login(
+    write_config: ConfigWriter,
+) -> None:
+    """With certificate login disabled a password-less account could never log in: refused,
+    one line, nothing stored."""
+    config = write_config({"auth": {"password_hash": "scrypt"}}, name="nocert.toml")
+    db_path = config.parent / "data" / "securechat.sqlite3"
+    run = Run(config)
+    assert run("init")[0] == 0
+    status, out, err = run("user", "add", "root", "--admin")
+    assert (status, out) == (1, "")
+    [line] = err.splitlines()
+    assert line.startswith("securechat-admin: error: refusing to add root without a password")
+    assert str(config) in line and "certificate" in line and "--password-file" in line
+    assert "root" not in users_in(db_path)
 
 
 def test_user_add_prompts_on_a_terminal(

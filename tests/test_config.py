@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import pytest
-from twisted.python import usage
 
 from securechat import tap
 from securechat.config import KNOWN_BACKENDS, ServerConfig, load_config
@@ -111,11 +110,15 @@ def test_unreadable_file(write_config: ConfigWriter) -> None:
         path.chmod(0o600)
 
 
-def test_options_turn_config_errors_into_usage_errors(write_config: ConfigWriter) -> None:
-    """twistd prints a UsageError and exits 1, so a bad file never starts a server."""
+def test_options_turn_config_errors_into_one_line(
+    write_config: ConfigWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad file never starts a server: exit 1 and one line naming the file and key."""
     path = write_config(text='[crypto]\nbackends = ["rot13"]\n')
-    with pytest.raises(usage.UsageError, match=r"\[crypto\] backends"):
+    with pytest.raises(SystemExit):
         tap.Options().parseOptions(["--config", str(path)])
+    [line] = capsys.readouterr().err.splitlines()
+    assert str(path) in line and "[crypto] backends" in line
 
 
 def test_shipped_config_loads() -> None:

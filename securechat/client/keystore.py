@@ -30,6 +30,10 @@ class KeystoreError(SecureChatError):
     """The local keystore could not be opened."""
 
 
+class WrongPassphrase(KeystoreError):
+    """The passphrase does not open the keystore (or the file was altered)."""
+
+
 @dataclass(frozen=True)
 class KdfParams:
     """Argon2id cost: 64 MiB and t=3 as RFC 9106's second profile, with one lane (OpenSSL
@@ -223,8 +227,8 @@ class Keystore:
         try:
             plain = AESGCM(key).decrypt(rest[:12], rest[12:], MAGIC + header)
         except InvalidTag:
-            raise KeystoreError(
-                "wrong passphrase for the keystore (or the file was altered)"
+            raise WrongPassphrase(
+                f"wrong passphrase for the keystore {path} (or the file was altered)"
             ) from None
         return cls(path, KeystoreState.from_cbor(plain), key, header)
 

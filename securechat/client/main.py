@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import sys
 import time
 import tomllib
@@ -21,11 +20,14 @@ from twisted.internet import stdio
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.task import deferLater, react
+from twisted.python.failure import Failure
 
 from securechat.client.chat import ChatClient
 from securechat.client.console import ConsoleProtocol, Renderer
-from securechat.client.keystore import Keystore, KeystoreError
-from securechat.client.network import LoginFailed, WireClientFactory
+from securechat.client.home import HomeError, Location, locate, read_ca
+from securechat.client.keystore import Keystore, KeystoreError, WrongPassphrase
+from securechat.client.network import LoginFailed, WireClientFactory, describe_failure
+from securechat.client.preflight import password_verdict, refuse_backend, server_policy
 from securechat.client.sessions import SessionManager
 from securechat.crypto.backends import backend_names
 from securechat.crypto.identity import IdentityKeyPair
@@ -48,13 +50,16 @@ class Settings:
     port: int
     ca: Path | None
     user: str
-    home: Path
+    #: ``--home``; None: the default place for this server (see :mod:`.home`).
+    home: Path | None
     backend: str | None
     json: bool
     register: bool
     password: str | None
     passphrase: str
     cert: Path | None
+    #: No ``--passphrase-file``: the keystore opens with the account password.
+    passphrase_is_password: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,11 +106,6 @@ def _config_defaults(path: str | None) -> dict[str, Any]:
     return data
 
 
-def default_home(user: str, host: str, port: int) -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "securechat" / f"{user}@{host}_{port}"
-
-
 def resolve(argv: list[str]) -> Settings:
     """Merge flags over the config file and read the secrets they name."""
     args = build_parser().parse_args(argv)
@@ -127,7 +127,8 @@ def resolve(argv: list[str]) -> Settings:
         password = _read_first_line(get("password_file"), "password")
     elif sys.stdin.isatty():
         password = getpass.getpass(f"password for {user}: ")
-    if get("passphrase_file"):
+    from_password = not get("passphrase_file")
+    if not from_password:
         passphrase = _read_first_line(get("passphrase_file"), "passphrase")
     elif password is not None:
         passphrase = password
@@ -136,21 +137,55 @@ def resolve(argv: list[str]) -> Settings:
     backend = get("backend")
     if backend is not None and backend not in backend_names():
         raise UsageProblem(f"unknown backend {backend!r}")
-    home = Path(get("home")) if get("home") else default_home(user, host, port)
+    home = Path(get("home")) if get("home") else None
     return Settings(
         host=host.strip("[]"), port=port, ca=Path(get("ca")) if get("ca") else None, user=user,
         home=home, backend=backend, json=bool(get("json")), register=bool(get("register")),
         password=password, passphrase=passphrase, cert=Path(get("cert")) if get("cert") else None,
+        passphrase_is_password=from_password,
     )  # fmt: skip
 
 
-def open_keystore(s: Settings) -> Keystore:
-    if s.register and not Keystore.exists(s.home):
+async def open_keystore(s: Settings, loc: Location, endpoint: Any) -> Keystore:
+    """Open the keystore, or create it for ``--register`` once the server's policy allows.
+
+    A keystore that the account password (the default passphrase) does not open makes the
+    client ask the server about the password, so the one line says which of the two is wrong.
+    """
+    if s.register and not Keystore.exists(loc.home):
+        try:
+            welcome = await server_policy(endpoint)
+        except Exception as e:  # any connect failure becomes one line
+            why = describe_failure(Failure(e))  # type: ignore[no-untyped-call]
+            raise UsageProblem(f"cannot connect to {s.host}:{s.port}: {why}") from None
+        problem = refuse_backend(welcome, s.backend)
+        if problem is not None:
+            raise UsageProblem(f"{problem}; nothing was created")
         identity = IdentityKeyPair.generate()
-        return Keystore.create(s.home, s.passphrase, s.user, identity.private_bytes())
-    ks = Keystore.open(s.home, s.passphrase)
+        return Keystore.create(loc.home, s.passphrase, s.user, identity.private_bytes())
+    if not Keystore.exists(loc.home):
+        raise UsageProblem(loc.describe_missing(s.user))
+    try:
+        ks = Keystore.open(loc.home, s.passphrase)
+    except WrongPassphrase:
+        if not s.passphrase_is_password or s.password is None:
+            raise
+        try:
+            verdict = await password_verdict(endpoint, s.user, s.password)
+        except Exception:  # the server cannot tell: the keystore's own answer stands
+            raise WrongPassphrase(
+                f"the password does not open the keystore {Keystore.file_for(loc.home)} "
+                f"(and the server at {s.host}:{s.port} could not be asked whether it is right)"
+            ) from None
+        if verdict is not None:
+            raise UsageProblem(verdict) from None
+        raise UsageProblem(
+            f"the server accepts the password, but it does not open the keystore "
+            f"{Keystore.file_for(loc.home)}: was it made with --passphrase-file, or before "
+            f"the password changed? (give that passphrase with --passphrase-file)"
+        ) from None
     if ks.state.user != s.user:
-        raise KeystoreError(f"the keystore in {s.home} belongs to {ks.state.user!r}")
+        raise KeystoreError(f"the keystore in {loc.home} belongs to {ks.state.user!r}")
     return ks
 
 
@@ -164,7 +199,17 @@ def _read_bytes(path: Path | None, what: str) -> bytes | None:
 
 
 async def run(reactor: Any, s: Settings) -> None:
-    keystore = open_keystore(s)
+    try:
+        ca_pem = read_ca(s.ca) if s.ca is not None else None
+        tls = client_tls_options(s.host, ca_pem, _read_bytes(s.cert, "cert"))
+        loc = locate(s.user, s.host, s.port, ca_pem, s.home)
+    except (ValueError, HomeError) as e:
+        raise UsageProblem(str(e)) from None
+    if loc.moved_from is not None:
+        sys.stderr.write(f"{PROG}: moved the keystore from {loc.moved_from} to {loc.home} "
+                         "(found by the server's CA now, however the server is named)\n")
+    endpoint = wrapClientTLS(tls, HostnameEndpoint(reactor, s.host, s.port, timeout=10))
+    keystore = await open_keystore(s, loc, endpoint)
     done: Deferred[int] = Deferred()
 
     def stop(code: int) -> None:
@@ -179,11 +224,6 @@ async def run(reactor: Any, s: Settings) -> None:
     stdio_transport: Any = cast(Any, stdio).StandardIO(console, reactor=reactor)
     stdio_transport.pauseProducing()  # no input until logged in
     client.renderer = console.renderer
-    try:
-        tls = client_tls_options(s.host, _read_bytes(s.ca, "CA file"), _read_bytes(s.cert, "cert"))
-    except ValueError as e:
-        raise UsageProblem(str(e)) from None
-    endpoint = wrapClientTLS(tls, HostnameEndpoint(reactor, s.host, s.port, timeout=10))
     factory = WireClientFactory(client.connected, client.push, client.lost)
     service = ClientService(endpoint, factory, retryPolicy=backoffPolicy(0.5, 30.0))
     service.startService()

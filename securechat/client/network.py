@@ -160,7 +160,7 @@ def describe_failure(failure: Failure) -> str:
     err = failure.value
     if isinstance(err, RemoteError):
         if err.code in (wire.E_AUTH_FAILED, "bad-credentials"):
-            return "login failed: wrong user name or password"
+            return "login refused: wrong user name or password"
         return f"server refused: {err}"
     if isinstance(err, LoginFailed):
         return str(err)

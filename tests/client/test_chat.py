@@ -224,7 +224,7 @@ def test_wrong_password_fails_the_first_login_in_one_line(net: Net) -> None:
     wrong.connect()
     [failure] = failures
     assert failure.check(LoginFailed)
-    assert str(failure.value) == "login failed: wrong user name or password"
+    assert str(failure.value) == "login refused: wrong user name or password"
 
 
 def test_backend_not_allowed_by_the_server_fails_login(tmp_path: Path) -> None:

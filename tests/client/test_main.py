@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from securechat.client import main as main_mod
-from securechat.client.main import UsageProblem, default_home, main, resolve
+from securechat.client.main import UsageProblem, main, resolve
 
 
 @pytest.fixture
@@ -38,14 +38,11 @@ def test_separate_passphrase_file(pw: Path, tmp_path: Path) -> None:
     assert (s.password, s.passphrase) == ("s3cret password", "keystore only")
 
 
-def test_ipv6_server_and_default_home(
-    pw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+def test_ipv6_server_and_no_home(pw: Path) -> None:
+    """Without --home the keystore's place is chosen once the CA is read (see test_home)."""
     s = resolve(["--server", "[::1]:443", "--user", "bob", "--password-file", str(pw)])
-    assert (s.host, s.port) == ("::1", 443)
-    assert s.home == tmp_path / "xdg" / "securechat" / "bob@[::1]_443"
-    assert default_home("bob", "h", 1) == tmp_path / "xdg" / "securechat" / "bob@h_1"
+    assert (s.host, s.port, s.home) == ("::1", 443, None)
+    assert s.passphrase_is_password
 
 
 def test_config_gives_defaults_and_flags_win(pw: Path, tmp_path: Path) -> None:
@@ -137,7 +134,8 @@ def test_main_reports_a_keystore_problem_in_one_line(
         main(base(pw, "--home", str(tmp_path / "home")))
     assert e.value.code == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("securechat-client: error: no keystore at ")
+    assert err.count("\n") == 1
+    assert err.startswith("securechat-client: error: no keystore for alice: looked in ")
     assert "--register" in err and "Traceback" not in err
 
 
@@ -146,7 +144,9 @@ def _run_once(main_function: object) -> None:
     from twisted.internet import defer
 
     failures: list[BaseException] = []
-    d = defer.ensureDeferred(main_function(None))  # type: ignore[operator]
+    from twisted.internet import reactor
+
+    d = defer.ensureDeferred(main_function(reactor))  # type: ignore[operator]
     d.addErrback(lambda f: failures.append(f.value))
     assert d.called, "run() should fail before it needs the reactor"
     if failures:

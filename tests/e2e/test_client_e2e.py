@@ -388,8 +388,9 @@ async def test_command_line_failures(contacts_relay: Relay) -> None:
         "no such user": r.client("gina", extra=()),
     }
     lines = {what: _one_line(await c.wait_exit()) for what, c in runs.items()}
-    assert "wrong passphrase for the keystore" in lines["keystore passphrase"]
-    assert "login failed: wrong user name or password" in lines["server password"]
+    # The password opens the keystore too: a wrong one is the server's refusal, not the file's.
+    assert "login refused: wrong user name or password" in lines["keystore passphrase"]
+    assert "login refused: wrong user name or password" in lines["server password"]
     assert "cannot connect to 127.0.0.1:" in lines["unreachable"]
     assert "TLS" in lines["wrong ca"] and "certif" in lines["wrong ca"].lower()
     assert "no keystore" in lines["no such user"] and "--register" in lines["no such user"]

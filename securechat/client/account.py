@@ -52,6 +52,10 @@ class Account:
         """
         welcome = await proto.request(wire.Hello, version=wire.PROTOCOL_VERSION, agent=AGENT)
         assert isinstance(welcome, wire.Welcome)
+        if backend is not None and backend not in welcome.backends:
+            # Before registering or logging in: nothing is created under a refused choice.
+            raise LoginFailed(f"the server does not allow backend {backend!r} "
+                              f"(allowed: {', '.join(welcome.backends)})")  # fmt: skip
         registering = self.register and not self.keystore.state.extra.get("registered")
         if registering:
             await self._register(proto, welcome)
@@ -61,8 +65,6 @@ class Account:
             self.keystore.save()
         for name in welcome.backends:
             await self.publish(proto, name, None)
-        if backend is not None and backend not in welcome.backends:
-            raise LoginFailed(f"the server does not allow backend {backend!r}")
         return LoggedIn(welcome, role)
 
     async def _register(self, proto: WireClientProtocol, welcome: wire.Welcome) -> None:

@@ -228,13 +228,15 @@ def test_wrong_password_fails_the_first_login_in_one_line(net: Net) -> None:
 
 
 def test_backend_not_allowed_by_the_server_fails_login(tmp_path: Path) -> None:
+    """Refused before registering: the account is not created under a refused choice."""
     net = Net(tmp_path, Harness(make_config(crypto={"backends": ["ecdh"]})))
     peer = Peer(net, "alice", backend="rsa")
     failures: list[Any] = []
     peer.client.first_login.addErrback(failures.append)
     peer.connect()
     [failure] = failures
-    assert "does not allow backend 'rsa'" in str(failure.value)
+    assert "does not allow backend 'rsa' (allowed: ecdh)" in str(failure.value)
+    assert "alice" not in net.harness.store._users
 
 
 # -- chatting ------------------------------------------------------------------------------

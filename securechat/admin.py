@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from securechat import adminops
 from securechat.config import ServerConfig, load_config
 from securechat.errors import NoSuchUser, SecureChatError, UserExists
 from securechat.server.store import queries, schema
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     contact_add.add_argument("a")
     contact_add.add_argument("b")
     contact_add.set_defaults(run=cmd_contact_add)
+    adminops.add_commands(commands)
     return parser
 
 

@@ -371,6 +371,21 @@ def enqueue_batch(
     return results
 
 
+def enqueue_batch_counting_acks(
+    conn: sqlite3.Connection,
+    calls: list[list[NewEnvelope]],
+    now: float,
+    queue_limit: int,
+    acks: list[tuple[str, int]],
+) -> tuple[list[list[QueuedEnvelope] | StoreError], int]:
+    """:func:`enqueue_batch`, plus how many envelopes its acknowledgements deleted
+    (the rows it changed beyond those it inserted), for the ``acked`` metric."""
+    before = conn.total_changes
+    result = enqueue_batch(conn, calls, now, queue_limit, acks)
+    inserted = sum(len(r) for r in result if isinstance(r, list))
+    return result, conn.total_changes - before - inserted
+
+
 #: Rows per multi-row INSERT, largest first. A few fixed sizes keep the statements in
 #: sqlite3's statement cache; one statement per chunk instead of one ``executemany`` step
 #: per row saves a GIL release and re-acquisition per envelope on the store thread.

@@ -21,6 +21,7 @@ The SQL itself lives in :mod:`securechat.server.store.queries` and the file form
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections import deque
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from zope.interface import implementer
 from securechat.config import StoreSection
 from securechat.errors import StoreError
 from securechat.server.metrics import NULL_METRICS, IMetrics
-from securechat.server.store import queries, schema
+from securechat.server.store import lockfile, queries, schema
 from securechat.server.store.interface import (
     IStore,
     NewEnvelope,
@@ -73,21 +74,6 @@ def _open_connection(conn: sqlite3.Connection, synchronous: str, busy_timeout: f
 
 def _checkpoint(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-
-
-def _enqueue_counting_acks(
-    conn: sqlite3.Connection,
-    calls: list[list[NewEnvelope]],
-    now: float,
-    queue_limit: int,
-    acks: list[tuple[str, int]],
-) -> tuple[list[list[QueuedEnvelope] | StoreError], int]:
-    """:func:`queries.enqueue_batch`, plus how many envelopes its acknowledgements deleted
-    (the rows it changed beyond those it inserted), for the ``acked`` metric."""
-    before = conn.total_changes
-    result = queries.enqueue_batch(conn, calls, now, queue_limit, acks)
-    inserted = sum(len(r) for r in result if isinstance(r, list))
-    return result, conn.total_changes - before - inserted
 
 
 def _as_store_error(failure: Failure) -> Failure:
@@ -151,6 +137,7 @@ class SQLiteStore:
         self._idle: list[Deferred[None]] = []
         self._stopped = False
         self._opened = False
+        self._lock_fd: int | None = None
         #: Committed enqueue transactions: with :attr:`envelopes_committed`, the batching
         #: factor of the group commit (tests and ``bench/store.py`` read it).
         self.transactions = 0
@@ -213,9 +200,8 @@ class SQLiteStore:
             prepared = threads.deferToThreadPool(
                 reactor,  # type: ignore[arg-type]
                 self._pool.threadpool,
-                schema.prepare_file,
+                self._lock_and_prepare,
                 Path(self._path),
-                self._schema_files,
             )
 
         def migrate(_: bool) -> Deferred[None]:
@@ -223,6 +209,13 @@ class SQLiteStore:
             return d.addCallback(self._log_opened)
 
         return prepared.addCallback(migrate)
+
+    def _lock_and_prepare(self, path: Path) -> bool:
+        """Hold the database's shared lock (``securechat-admin restore`` waits for it to
+        go), then create or check the file."""
+        if self._lock_fd is None:
+            self._lock_fd = lockfile.hold_shared(path)
+        return schema.prepare_file(path, self._schema_files)
 
     def _log_opened(self, old: int) -> None:
         self._opened = True
@@ -262,6 +255,9 @@ class SQLiteStore:
             self._stopped = True
             self._opened = False
             self._pool.close()  # type: ignore[no-untyped-call]
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # -- users -----------------------------------------------------------------
     def add_user(
@@ -386,7 +382,7 @@ class SQLiteStore:
         self._acks_applying, self._acks = self._acks, {}
         now = self._clock.seconds()
         d = self.run(
-            _enqueue_counting_acks,
+            queries.enqueue_batch_counting_acks,
             [envelopes for envelopes, _ in batch],
             now,
             self.queue_limit,

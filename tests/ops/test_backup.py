@@ -33,9 +33,16 @@ def run_admin(config: Path, *argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def add_user(config: Path, name: str) -> None:
+    secret = config.with_name("password.txt")
+    secret.write_text(PASSWORD + "\n")
+    code, _, err = run_admin(config, "user", "add", name, "--password-file", str(secret))
+    assert code == 0, err
+
+
 def make_database(config: Path) -> Path:
     assert run_admin(config, "init")[0] == 0
-    assert run_admin(config, "user", "add", "alice")[0] == 0
+    add_user(config, "alice")
     return load_config(config).store.path
 
 
@@ -83,7 +90,7 @@ def test_restore_refuses_while_a_relay_holds_the_database(
         assert "relay\trunning" in run_admin(config, "status")[1]
     finally:
         os.close(held)
-    assert run_admin(config, "user", "add", "carol")[0] == 0  # after the backup
+    add_user(config, "carol")  # after the backup
     code, _out, err = run_admin(config, "restore", str(backup))
     assert code == 0, err
     users = run_admin(config, "user", "list")[1]

@@ -67,7 +67,8 @@ class ChatClient:
         self.renderer: ev.EventSink | None = None
         self.account = Account(sessions, password=password, register=register, emit=self.emit)
         self.sender = Sender(sessions, emit=self.emit, report=self._report,
-                             call_later=call_later, on_idle=self._maybe_finish)  # fmt: skip
+                             call_later=call_later, on_idle=self._maybe_finish,
+                             members=self._member_list)  # fmt: skip
         self.outbox = self.sender.outbox
         self.proto: WireClientProtocol | None = None
         self.welcome: wire.Welcome | None = None
@@ -228,26 +229,15 @@ class ChatClient:
         self._serial(lambda: self._send_text(target, text))
 
     async def _send_text(self, target: str, text: str) -> None:
-        backend = self.backend_name()
-        if target.startswith("#"):
-            members = await self._members(target)
-            peers = sorted(m for m in members if m != self.user)
-            if not peers:
-                self.emit(ev.Info(f"nobody else is in {target}", room=target))
-                return
-            for peer in peers:
-                self.sessions.check_can_send(peer)  # all or none: refuse before encrypting
-            try:
-                for peer in peers:
-                    await self.sender.queue(peer, text, target, backend)
-            finally:
-                # Saved before sent: no message key is ever reused after a crash.
-                self.keystore.save()
-                self.sender.pump()
-        else:
-            await self.sender.queue(target, text, None, backend)
-            self.keystore.save()
-            self.sender.pump()
+        """Durable first: the message is in the saved outbox before any network step; then
+        (inside the command order, so ``/trust`` right after acts on the key this message
+        pinned) bundles are fetched and the message encrypted if the server is there."""
+        if not target.startswith("#"):
+            # A verified peer whose key changed: refused at once, nothing is queued.
+            self.sessions.check_can_send(target)
+        self.sender.add(target, text, self.backend_name())
+        await self.sender.prepare()
+        self.sender.pump()
 
     async def _members(self, room: str) -> set[str]:
         if room not in self.rooms:
@@ -255,6 +245,9 @@ class ChatClient:
             assert isinstance(reply, wire.Room)
             self.rooms[room] = set(reply.members)
         return self.rooms[room]
+
+    async def _member_list(self, room: str) -> list[str]:
+        return sorted(await self._members(room))
 
     def _need_proto(self) -> WireClientProtocol:
         if self.proto is None or not self.ready:

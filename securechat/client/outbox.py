@@ -115,6 +115,14 @@ class Outbox:
         self._entries = [entry if e.mid == entry.mid else e for e in self._entries]
         self._sync()
 
+    def replace(self, mid: bytes, entries: list[OutboxEntry]) -> None:
+        """Put ``entries`` where the entry ``mid`` was (a room message split per member)."""
+        out: list[OutboxEntry] = []
+        for e in self._entries:
+            out.extend(entries if e.mid == mid else [e])
+        self._entries = out
+        self._sync()
+
     def remove(self, mids: Iterable[bytes]) -> None:
         gone = set(mids)
         self._entries = [e for e in self._entries if e.mid not in gone]

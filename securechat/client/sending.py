@@ -11,8 +11,10 @@ Reliability rules this module keeps:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
+from twisted.internet.defer import DeferredLock, ensureDeferred
 from twisted.python.failure import Failure
 
 from securechat import wire
@@ -20,6 +22,7 @@ from securechat.client import events as ev
 from securechat.client.network import ConnectionGone, RemoteError, WireClientProtocol
 from securechat.client.outbox import Outbox, OutboxEntry, new_message_id, plan_batches
 from securechat.client.sessions import SessionManager, TrustError
+from securechat.crypto.errors import CryptoError
 
 
 class Sender:
@@ -33,6 +36,7 @@ class Sender:
         report: Callable[[Failure], None],
         call_later: Callable[[float, Callable[[], None]], object],
         on_idle: Callable[[], None],
+        members: Callable[[str], Awaitable[list[str]]],
     ) -> None:
         self.sessions = sessions
         self.keystore = sessions.keystore
@@ -41,9 +45,12 @@ class Sender:
         self._report = report
         self._call_later = call_later
         self._on_idle = on_idle
+        self._members = members
         self._in_flight: set[bytes] = set()
+        self._prepare_lock = DeferredLock()
         self.proto: WireClientProtocol | None = None
         self.limits: tuple[int, int] = (64, 1 << 20)
+        self.quitting = False
 
     # -- connection ----------------------------------------------------------------------
     def connected(self, proto: WireClientProtocol, welcome: wire.Welcome) -> None:
@@ -65,34 +72,104 @@ class Sender:
         """Nothing left that the server has not answered for."""
         return not self.outbox
 
-    # -- queueing ------------------------------------------------------------------------
-    async def queue(self, peer: str, text: str, room: str | None, backend: str) -> None:
-        """Encrypt ``text`` for ``peer`` (starting a session if needed) into the outbox.
-        The caller saves the keystore and pumps (once for all members of a room)."""
-        self.sessions.check_can_send(peer)
-        session = self.sessions.active_session(peer, backend)
-        if session is None:
-            bundle = await self._need_proto().request(wire.FetchBundle, user=peer, backend=backend)
-            assert isinstance(bundle, wire.Bundle)
+    # -- queueing: durable first ---------------------------------------------------------
+    def add(self, target: str, text: str, backend: str) -> list[OutboxEntry]:
+        """Put a typed message into the outbox and save the keystore, before any network
+        step. A room message is one entry per member; a room whose members are not known
+        yet (typed while disconnected) is one entry for the room, split when connected."""
+        entry = OutboxEntry(mid=new_message_id(), to=target, backend=backend,
+                            room=target if target.startswith("#") else None, text=text)  # fmt: skip
+        self.outbox.add(entry)
+        self.keystore.save()
+        if self.proto is None:
+            self._emit(ev.Info("not connected: the message is kept in the outbox and sent "
+                               "when the server is back", to=target))  # fmt: skip
+        return [entry]
+
+    async def prepare(self) -> None:
+        """Encrypt every outbox entry that waits for a session (one run at a time): fetch
+        bundles, run handshakes, save; entries refused for good leave with an ``error``."""
+        await self._prepare_lock.run(lambda: ensureDeferred(self._prepare()))
+
+    async def _prepare(self) -> None:
+        for entry in self.outbox:
+            if entry.encrypted or self.proto is None:
+                continue
             try:
-                session, warning = self.sessions.start_session(
-                    peer, bundle.identity_key, bundle.signed_prekey, bundle.one_time_key
-                )
+                if entry.to.startswith("#"):
+                    await self._split_room(entry)
+                else:
+                    await self._encrypt(entry)
+            except ConnectionGone:
+                return  # the entry stays; the next connection goes on
+            except RemoteError as e:
+                if e.retry_after is not None:
+                    self._call_later(e.retry_after, self.pump)
+                    return
+                self._drop(entry, f"server refused: {e}", e.code)
             except TrustError as e:
                 if e.warning:
-                    self._emit(ev.Warning(e.warning, to=peer))
-                self.keystore.save()  # the new pin and the block
-                raise
+                    self._emit(ev.Warning(e.warning, to=entry.to))
+                self._drop(entry, str(e), "blocked")
+            except CryptoError as e:
+                self._drop(entry, f"cannot start a session with {entry.to}: {e}", "crypto")
+            finally:
+                self.keystore.save()  # encrypted entries before they leave; pins; blocks
+
+    def _drop(self, entry: OutboxEntry, why: str, code: str) -> None:
+        self.outbox.remove([entry.mid])
+        self._emit(ev.Error(
+            f"message to {entry.room or entry.to} not sent: {why}", code=code, status="failed",
+            to=entry.room or entry.to, id=entry.mid.hex(), room=entry.room, peer=entry.to,
+        ))  # fmt: skip
+
+    async def _split_room(self, entry: OutboxEntry) -> None:
+        """Replace a room entry by one entry per member (all or none: a member whose
+        verified key changed blocks the whole message, as when typed while connected)."""
+        assert entry.text is not None
+        peers = [p for p in await self._members(entry.to) if p != self.sessions.user]
+        for peer in peers:
+            self.sessions.check_can_send(peer)
+        if not peers:
+            self.outbox.remove([entry.mid])
+            self._emit(ev.Info(f"nobody else is in {entry.to}", room=entry.to))
+            return
+        parts = [OutboxEntry(mid=new_message_id(), to=peer, backend=entry.backend,
+                             room=entry.to, text=entry.text) for peer in peers]  # fmt: skip
+        self.outbox.replace(entry.mid, parts)
+        for part in parts:
+            await self._encrypt(part)
+
+    async def _encrypt(self, entry: OutboxEntry) -> None:
+        """Encrypt ``entry`` under the peer's session (started from a fetched bundle if
+        there is none); the same message id whatever session it ends up under."""
+        assert entry.text is not None
+        peer = entry.to
+        self.sessions.check_can_send(peer)
+        session = self.sessions.active_session(peer, entry.backend)
+        if session is None:
+            bundle = await self._need_proto().request(
+                wire.FetchBundle, user=peer, backend=entry.backend
+            )
+            assert isinstance(bundle, wire.Bundle)
+            session, warning = self.sessions.start_session(
+                peer, bundle.identity_key, bundle.signed_prekey, bundle.one_time_key
+            )
             if warning:
                 self._emit(ev.Warning(warning, to=peer))
-        mid = new_message_id()
-        _, envelope = self.sessions.encrypt(session, text, room, message_id=mid)
-        self.outbox.add(OutboxEntry(mid=mid, to=peer, backend=backend, room=room, text=text,
-                                    payload=envelope))  # fmt: skip
+        _, envelope = self.sessions.encrypt(session, entry.text, entry.room, message_id=entry.mid)
+        digest = wire.identity_digest(session.peer_identity)
+        self.outbox.update(replace(entry, payload=envelope, identity=digest))
 
     # -- the pump ------------------------------------------------------------------------
     def pump(self) -> None:
-        """Send every encrypted outbox entry not already in flight, in batches."""
+        """Encrypt what waits for a session, then send every encrypted entry not already
+        in flight, in batches."""
+        d = ensureDeferred(self.prepare())
+        d.addCallback(lambda _: self._send_batches())
+        d.addErrback(self._report)
+
+    def _send_batches(self) -> None:
         proto = self.proto
         if proto is None:
             self._on_idle()

@@ -7,6 +7,7 @@ thread) logs one line, stops the reactor and exits with 1 after twistd's own cle
 
 import atexit
 import os
+import signal
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -30,7 +31,8 @@ from securechat.server.metrics import NULL_METRICS, IMetrics, RelayMetrics
 from securechat.server.protocol import build_factory
 from securechat.server.store.interface import IStore
 from securechat.server.store.sqlite import SQLiteStore
-from securechat.tls import ensure_tls_material, server_tls_options
+from securechat.tls import ensure_tls_material
+from securechat.tlsreload import CertificateReloader
 
 #: Seconds between sweeps for envelopes past ``[store] queue_ttl`` (TTLs are days long).
 EXPIRE_INTERVAL = 300.0
@@ -85,6 +87,10 @@ class RelayService(MultiService):
         self._build_factory = build_factory
         self._metrics = metrics
         self.monitoring: Any = None
+        self.tls: CertificateReloader | None = None
+        #: Install the SIGHUP handler (the daemon does; in-process tests do not).
+        self.handle_sighup = False
+        self._old_sighup: Any = None
         self._listener: StreamServerEndpointService | None = None
         self._factory: IProtocolFactory | None = None
         self._timer = TimerService(EXPIRE_INTERVAL, self._expire)  # type: ignore[no-untyped-call]
@@ -120,11 +126,12 @@ class RelayService(MultiService):
         if self._listener is None:
             try:
                 ensure_tls_material(cfg.tls, self.log)
-                tls = server_tls_options(cfg.tls, "certificate" in cfg.auth.methods)
+                client_certs = "certificate" in cfg.auth.methods
+                self.tls = CertificateReloader(cfg.tls, client_certs, self._reactor)
             except ConfigError as err:
                 self._fail_now(str(err))
             endpoint = SSL4ServerEndpoint(  # type: ignore[no-untyped-call]
-                self._reactor, cfg.server.port, tls, LISTEN_BACKLOG, cfg.server.host
+                self._reactor, cfg.server.port, self.tls.options, LISTEN_BACKLOG, cfg.server.host
             )
             factory = self._build_factory(cfg, self._store, self._reactor)
             self._factory = factory
@@ -132,6 +139,10 @@ class RelayService(MultiService):
             # Without this a failed bind is only logged and the daemon runs with no port.
             self._listener._raiseSynchronously = True
             self._listener.setServiceParent(self)  # type: ignore[no-untyped-call]
+            if cfg.tls.reload_interval > 0:
+                timer = TimerService(cfg.tls.reload_interval, self.tls.check)  # type: ignore[no-untyped-call]
+                timer.clock = self._reactor
+                timer.setServiceParent(self)  # type: ignore[no-untyped-call]
         try:
             start()
         except CannotListenError as err:
@@ -153,6 +164,8 @@ class RelayService(MultiService):
     def startService(self) -> None:
         """Open the store (on its thread); the expiry timer starts once it is open."""
         self._start_listener(super().startService)
+        if self.handle_sighup:
+            self._old_sighup = signal.signal(signal.SIGHUP, self._sighup)
         self._store.start().addCallbacks(self._store_opened, self._store_failed)
 
     def _store_opened(self, _: None) -> None:
@@ -193,8 +206,23 @@ class RelayService(MultiService):
             self._metrics.expired(n)
             self.log.info("expired {n} old envelopes", n=n)
 
+    def _sighup(self, signum: int, frame: object) -> None:
+        # A signal handler may interrupt the reactor anywhere: hand over to the loop.
+        self._reactor.callFromThread(self.reload_tls)
+
+    def reload_tls(self) -> None:
+        """SIGHUP (``systemctl reload``): load the certificate files for new connections;
+        established connections keep theirs. An auto-generated leaf that is due is renewed."""
+        if self.tls is not None:
+            self.log.info("SIGHUP: reloading the TLS certificate")
+            self.tls.check()
+            self.tls.reload()
+
     def stopService(self) -> Deferred[None]:
         """Stop the timer and the listener, then flush pending commits and close the store."""
+        if self._old_sighup is not None:
+            signal.signal(signal.SIGHUP, self._old_sighup)
+            self._old_sighup = None
         stopped: Deferred[Any] = super().stopService()  # type: ignore[no-untyped-call]
         return stopped.addCallback(lambda _: self._store.stop())
 
@@ -206,12 +234,15 @@ def makeService(options: Options, reactor: Reactor = None) -> MultiService:
     cfg = options.server_config
     store = SQLiteStore(cfg.store, clock=reactor)
     if not cfg.metrics.listen:
-        return RelayService(cfg, reactor, store, build_factory)
+        plain = RelayService(cfg, reactor, store, build_factory)
+        plain.handle_sighup = True
+        return plain
     from securechat.server.monitoring import MonitoringService  # prometheus_client only then
 
     metrics = RelayMetrics(reactor)
     store.metrics = metrics
     service = RelayService(cfg, reactor, store, partial(build_factory, metrics=metrics), metrics)
+    service.handle_sighup = True
     service.monitoring = MonitoringService(cfg.metrics.listen, metrics, store, reactor)
     service.monitoring.setServiceParent(service)
     return service

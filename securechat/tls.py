@@ -86,9 +86,13 @@ def _san_names(hostnames: tuple[str, ...]) -> list[x509.GeneralName]:
 
 
 def _builder(
-    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey, days: int
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    days: int,
+    now: datetime.datetime | None = None,
 ) -> x509.CertificateBuilder:
-    start = _now() - _BACKDATE
+    start = (now or _now()) - _BACKDATE
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -132,11 +136,12 @@ def _issue(
     purpose: x509.ObjectIdentifier,
     days: int,
     san: list[x509.GeneralName] | None = None,
+    now: datetime.datetime | None = None,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = _new_key()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     builder = (
-        _builder(subject, ca_cert.subject, key.public_key(), days)
+        _builder(subject, ca_cert.subject, key.public_key(), days, now)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
@@ -233,16 +238,22 @@ def _covered_names(cert: x509.Certificate) -> set[str]:
     return set(dns) | set(ips)
 
 
-def _leaf_is_stale(cert: x509.Certificate, tls: TLSSection, renew_within_days: int) -> bool:
+def _leaf_is_stale(
+    cert: x509.Certificate, tls: TLSSection, renew_within_days: int, now: datetime.datetime
+) -> bool:
     """True when the leaf expires soon or no longer names exactly the configured hosts."""
-    deadline = _now() + datetime.timedelta(days=renew_within_days)
+    deadline = now + datetime.timedelta(days=renew_within_days)
     if cert.not_valid_after_utc <= deadline:
         return True
     return _covered_names(cert) != {str(name.value) for name in _san_names(tls.hostnames)}
 
 
 def _issue_leaf(
-    tls: TLSSection, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, log: Logger
+    tls: TLSSection,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    log: Logger,
+    now: datetime.datetime | None = None,
 ) -> None:
     cert, key = _issue(
         ca_cert,
@@ -251,6 +262,7 @@ def _issue_leaf(
         ExtendedKeyUsageOID.SERVER_AUTH,
         LEAF_DAYS,
         _san_names(tls.hostnames),
+        now,
     )
     _write(tls.key, _key_pem(key), 0o600)
     _write(tls.cert, _cert_pem(cert), 0o644)
@@ -263,7 +275,12 @@ def _issue_leaf(
 
 
 def ensure_tls_material(
-    tls: TLSSection, log: Logger, renew_within_days: int = RENEW_WITHIN_DAYS
+    tls: TLSSection,
+    log: Logger,
+    renew_within_days: int = RENEW_WITHIN_DAYS,
+    *,
+    now: datetime.datetime | None = None,
+    quiet: bool = False,
 ) -> None:
     """Make sure the server certificate and key exist, generating them when allowed.
 
@@ -272,6 +289,8 @@ def ensure_tls_material(
     matches ``hostnames``) is re-issued; the CA itself is never replaced, because clients
     pin it. Without ``auto_generate``, existing files are used as they are.
 
+    :param now: the time renewal is judged against (the renewal timer passes its clock's).
+    :param quiet: no log line when nothing changes (the periodic check).
     :raises ConfigError: naming the ``[tls]`` key of a missing or unreadable file.
     """
     have_leaf = tls.cert.exists() and tls.key.exists()
@@ -286,10 +305,11 @@ def ensure_tls_material(
         missing, key = (tls.ca_key, "[tls] ca_key") if tls.ca.exists() else (tls.ca, "[tls] ca")
         if not have_leaf:
             raise ConfigError(str(missing), key, "file is missing; the CA cannot be recreated")
-        log.warn(
-            "TLS: {missing} is missing, so the server certificate cannot be renewed",
-            missing=str(missing),
-        )
+        if not quiet:
+            log.warn(
+                "TLS: {missing} is missing, so the server certificate cannot be renewed",
+                missing=str(missing),
+            )
         return
     if not tls.ca.exists():
         if have_leaf:
@@ -307,12 +327,14 @@ def ensure_tls_material(
     current = _load_chain(tls.cert, "[tls] cert")[0] if have_leaf else None
     # Only leaves this CA issued are renewed; an operator's own certificate is left alone.
     if current is not None and (
-        current.issuer != ca_cert.subject or not _leaf_is_stale(current, tls, renew_within_days)
+        current.issuer != ca_cert.subject
+        or not _leaf_is_stale(current, tls, renew_within_days, now or _now())
     ):
         cert, ca = str(tls.cert), str(tls.ca)  # strings, so JSON log observers keep them
-        log.info("TLS: using {cert}; clients verify with --ca {ca}", cert=cert, ca=ca)
+        if not quiet:
+            log.info("TLS: using {cert}; clients verify with --ca {ca}", cert=cert, ca=ca)
         return
-    _issue_leaf(tls, ca_cert, ca_key, log)
+    _issue_leaf(tls, ca_cert, ca_key, log, now)
     log.info("TLS: give clients --ca {ca}", ca=str(tls.ca))
 
 

@@ -138,7 +138,8 @@ def test_start_requests_tls_listener_on_configured_address(config: ServerConfig)
     assert backlog == tap.LISTEN_BACKLOG
     assert (port, interface) == (8555, "127.0.0.1")
     assert factory is built.factory
-    assert isinstance(context, ssl.CertificateOptions)
+    # The listener asks the reloader's current options per connection (SIGHUP, renewal).
+    assert context is svc.tls.options and isinstance(context.current, ssl.CertificateOptions)
     assert built.calls == [(config, store, reactor)]
     assert config.tls.cert.exists() and config.tls.key.exists()
     assert store.events[0] == "start" and exits == []
@@ -159,7 +160,7 @@ def test_client_certificates_requested_when_enabled(write_config: ConfigWriter) 
     cfg = load_config(write_config({"auth": {"methods": ["password", "certificate"]}}))
     svc, *_rest, reactor = make(cfg)
     svc.startService()
-    context = reactor.sslServers[0][2]
+    context = reactor.sslServers[0][2].current
     assert context.verify and not context.requireCertificate
 
 
@@ -290,8 +291,8 @@ def test_stop_closes_listener_then_store(config: ServerConfig) -> None:
     """stopService stops the port and the timers, then closes (flushes) the store."""
     svc, store, _built, _exits, reactor = make(config)
     svc.startService()
-    children = list(svc)
-    assert len(children) == 3 and all(child.running for child in children)
+    children = list(svc)  # listener, certificate check, expiry, account check
+    assert len(children) == 4 and all(child.running for child in children)
     d = svc.stopService()
     assert d.called
     assert store.events[-1] == "stop"

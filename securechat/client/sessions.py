@@ -208,6 +208,26 @@ class SessionManager:
             del self.state.sessions[name]
             archive.pop(name, None)
 
+    def _quarantine(self, peer: str, key: bytes) -> str | None:
+        """Hold back a message from a *verified* peer that arrived under another identity key.
+
+        Nothing of it is shown, remembered or installed: the verified session stays the one
+        we send with, the message id is not marked seen (a forgery cannot shadow a real
+        message) and the chain does not count for "missing" notices. The key becomes the one
+        ``/verify`` shows, so the user can compare it, and ``/trust`` it if it really is the
+        peer's new key; sending to the verified key goes on meanwhile.
+
+        :returns: the warning to show, or ``None`` when ``key`` is acceptable.
+        """
+        pin = self.state.pins.get(peer)
+        if pin is None or not pin.verified or env.constant_time_equal(pin.identity_key, key):
+            return None
+        self.state.extra[f"pending:{peer}"] = key
+        return (
+            f"a message claiming to be from {peer} arrived under a new, unverified key; "
+            f"/verify {peer} shows it"
+        )
+
     def check_can_send(self, peer: str) -> None:
         if self.state.extra.get(f"blocked:{peer}"):
             raise TrustError(
@@ -249,6 +269,7 @@ class SessionManager:
         a verified peer's key changed); remembers which key was shown, for ``/trust``."""
         key = self._key_to_verify(peer)
         self.state.extra[f"shown:{peer}"] = key
+        current = self.state.pins.get(peer)
         pin = Pin(
             key, verified=self.is_verified(peer) and f"pending:{peer}" not in self.state.extra
         )
@@ -261,6 +282,11 @@ class SessionManager:
             "fingerprint": fingerprint(pin.identity_key),
             "own_fingerprint": fingerprint(own),
             "verified": pin.verified,
+            "pinned_fingerprint": (
+                fingerprint(current.identity_key)
+                if current is not None and not env.constant_time_equal(current.identity_key, key)
+                else None
+            ),
         }
 
     # -- sessions ------------------------------------------------------------------
@@ -364,6 +390,10 @@ class SessionManager:
             )  # fmt: skip
             if consumed is not None:
                 self.state.prekeys.pop(f"otk:{bid}:{consumed}", None)
+        quarantined = self._quarantine(sender, session.peer_identity)
+        if quarantined is not None:
+            return None, [quarantined]
+        if fresh:
             warning = self.observe_identity(sender, session.peer_identity)
             if warning:
                 warnings.append(warning)

@@ -16,7 +16,7 @@ from securechat.client.keystore import TEST_KDF, Keystore
 from securechat.client.sessions import Received, SessionManager, TrustError
 from securechat.crypto.envelope import backend_id
 from securechat.crypto.errors import CryptoError
-from securechat.crypto.identity import IdentityKeyPair
+from securechat.crypto.identity import IdentityKeyPair, fingerprint
 
 PASS = "test passphrase"
 BACKENDS = ("dh", "ecdh", "rsa")
@@ -229,22 +229,32 @@ def test_verified_peer_whose_key_changes_is_blocked_until_trusted(tmp_path: Path
     assert got(mallory_as_bob, send(alice, "bob", "ecdh", "re-verified")).verified is False
 
 
-def test_incoming_handshake_with_a_changed_key_warns_the_receiver(tmp_path: Path) -> None:
+def test_incoming_handshake_under_another_key_of_a_verified_peer_is_quarantined(
+    tmp_path: Path,
+) -> None:
+    """Not shown, not installed, id not remembered, no block; /verify shows the new key."""
     alice, bob = manager(tmp_path, "alice"), manager(tmp_path, "bob")
     start(bob, "alice", publish(alice, "ecdh"))
     got(alice, send(bob, "alice", "ecdh", "first"))
     alice.verify_info("bob")
     alice.trust("bob")
+    sessions_before = dict(alice.state.sessions)
     impostor = manager(tmp_path, "bob", home="impostor")
     start(impostor, "alice", publish(alice, "ecdh"))
-    received, warnings = receive(alice, send(impostor, "alice", "ecdh", "it is me, bob"))
+    forged = send(impostor, "alice", "ecdh", "it is me, bob")
+    received, warnings = receive(alice, forged)
+    assert received is None
     assert warnings == [
-        "the identity key of bob has changed: sending is blocked until you /verify bob and "
-        "/trust bob again"
+        "a message claiming to be from bob arrived under a new, unverified key; "
+        "/verify bob shows it"
     ]
-    assert received is not None and received.verified is False
-    with pytest.raises(TrustError):
-        alice.check_can_send("bob")
+    assert alice.state.sessions == sessions_before
+    alice.check_can_send("bob")  # the verified session goes on
+    assert alice.verify_info("bob")["fingerprint"] == fingerprint(
+        impostor.identity.public_bytes()
+    )
+    real = got(alice, send(bob, "alice", "ecdh", "real"))
+    assert (real.text, real.verified, real.missing) == ("real", True, 0)
 
 
 def test_safety_numbers_agree_and_trust_needs_a_pin(tmp_path: Path) -> None:
@@ -303,8 +313,9 @@ def test_simultaneous_first_contact_converges(tmp_path: Path) -> None:
 
 
 def test_forged_handshake_does_not_take_over_a_verified_peer(tmp_path: Path) -> None:
-    """A relay injecting one handshake under bob's name gets a warning and a block, but the
-    real bob's messages keep decrypting and his verified key stays pinned."""
+    """A relay injecting one handshake under bob's name is quarantined: the real bob's
+    messages keep decrypting, his verified key stays pinned, and only trusting the new key
+    after /verify showed it changes that."""
     alice, bob = manager(tmp_path, "alice"), manager(tmp_path, "bob")
     start(bob, "alice", publish(alice, "ecdh"))
     got(alice, send(bob, "alice", "ecdh", "hello"))
@@ -315,17 +326,18 @@ def test_forged_handshake_does_not_take_over_a_verified_peer(tmp_path: Path) -> 
     forger = manager(tmp_path, "bob", home="forger")
     start(forger, "alice", publish(alice, "ecdh"))
     forged, warnings = receive(alice, send(forger, "alice", "ecdh", "trust mallory"))
-    assert forged is not None and forged.verified is False
-    assert warnings and "blocked" in warnings[0]
+    assert forged is None
+    assert warnings and "new, unverified key" in warnings[0]
     assert alice.state.pins["bob"].identity_key == bob.identity.public_bytes()
     assert alice.state.pins["bob"].verified
 
     real = got(alice, send(bob, "alice", "ecdh", "the real bob"))
     assert (real.text, real.verified) == ("the real bob", True)
-    with pytest.raises(TrustError):
-        alice.check_can_send("bob")  # blocked until the user decides
-    # /verify shows the new key; only trusting that lifts the block.
-    assert alice.verify_info("bob")["fingerprint"] != alice.verify_info("bob")["own_fingerprint"]
+    alice.check_can_send("bob")  # the verified session is still the one we send with
+    # /verify shows the new key (next to the pinned one); trusting it is the user's call.
+    shown = alice.verify_info("bob")
+    assert shown["fingerprint"] == fingerprint(forger.identity.public_bytes())
+    assert shown["pinned_fingerprint"] == fingerprint(bob.identity.public_bytes())
     alice.trust("bob")
     assert alice.state.pins["bob"].identity_key == forger.identity.public_bytes()
 

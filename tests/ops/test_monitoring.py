@@ -142,3 +142,44 @@ def test_metrics_and_log_config() -> None:
         config(metrics={"listen": "9464"})
     with pytest.raises(ConfigError, match=r"\[log\] format"):
         config(log={"format": "xml"})
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def exported_families() -> set[str]:
+    """Every securechat metric family the exporter produces (queue gauges included)."""
+    m = RelayMetrics(Clock())
+    m.queue = (0, 0, None)
+    m.login("password", "ok")
+    m.rate_limited("send", 1)
+    return {
+        f.name for f in build_registry(m).collect() if f.name.startswith("securechat_")
+    }
+
+
+def test_operations_doc_lists_every_metric() -> None:
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    families = exported_families()
+    assert len(families) == 16
+    for name in families:
+        shown = name + "_total" if f"{name}_total" in doc else name
+        assert f"`{shown}`" in doc, name
+
+
+def test_dashboard_and_alerts_use_only_exported_metrics() -> None:
+    import json
+    import re
+
+    dashboard = json.loads((ROOT / "etc" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    alerts = (ROOT / "etc" / "prometheus-alerts.yml").read_text()
+    assert alerts.count("- alert: ") == 2
+    used = set(re.findall(r"securechat_[a-z_]+", " ".join(exprs) + alerts))
+    families = exported_families()
+    suffixes = ("_total", "_bucket", "_sum", "_count")
+    for name in used:
+        base = next((name[: -len(s)] for s in suffixes if name.endswith(s)), name)
+        assert base in families or name in families, name
+    for name in families:  # and every metric has a panel
+        assert any(name in e for e in exprs), name

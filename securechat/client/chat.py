@@ -10,6 +10,7 @@ are remembered, so nothing is lost and nothing is shown twice.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -351,6 +352,22 @@ class ChatClient:
 
     def admin_kick(self, user: str) -> None:
         self._ask(wire.AdminKick, lambda _: self.emit(ev.Info(f"kicked {user}")), user=user)
+
+    def admin_add_user(self, user: str, admin: bool) -> None:
+        """Create ``user`` with a fresh random password, shown once, here only: the admin
+        hands it over on a safe channel and the user logs in with it (``--register`` then
+        publishes their identity key). The server applies securechat-admin's rules."""
+        password = secrets.token_urlsafe(18)
+        role = "admin" if admin else "user"
+        text = (f"added {user} (role {role}); one-time password: {password} "
+                f"(give it to {user} over a safe channel)")  # fmt: skip
+        info = ev.Info(text, user=user, password=password)
+        self._ask(wire.AdminAddUser, lambda _: self.emit(info), user=user, role=role,
+                  password=password)  # fmt: skip
+
+    def admin_remove_user(self, user: str) -> None:
+        self._ask(wire.AdminRemoveUser, lambda _: self.emit(ev.Info(f"removed {user}", user=user)),
+                  user=user)  # fmt: skip
 
     def quit(self) -> None:
         """Stop after sends already typed are encrypted and accepted by the server."""

@@ -31,6 +31,8 @@ HELP = """\
 /trust USER            mark USER's current key as verified
 /backend [NAME]        show or choose the key-agreement backend (dh, ecdh, rsa)
 /users  /kick USER     (admins)
+/user add NAME [admin] (admins) create an account with a one-time password shown to you
+/user remove NAME      (admins) delete an account, its keys and queued messages
 /quit                  leave after pending messages are accepted (later lines are ignored)
 
 A line (command or message) may be at most 16384 bytes of UTF-8; a longer line, or one
@@ -75,6 +77,12 @@ class IChatController(Interface):
 
     def admin_kick(user: str) -> None:
         """Admins: disconnect ``user``."""
+
+    def admin_add_user(user: str, admin: bool) -> None:
+        """Admins: create the account ``user`` (role admin if ``admin``)."""
+
+    def admin_remove_user(user: str) -> None:
+        """Admins: delete the account ``user``."""
 
     def quit() -> None:
         """Finish pending sends, then exit."""
@@ -170,6 +178,14 @@ class ConsoleProtocol(Protocol):
     def writeConnectionLost(self) -> None:
         """IHalfCloseableProtocol API: nothing to do when stdout closes early."""
 
+    def _user_command(self, action: str, words: list[str]) -> None:
+        if action == "remove" and len(words) == 1:
+            self.controller.admin_remove_user(words[0])
+        elif action == "add" and len(words) in (1, 2) and words[1:] in ([], ["admin"]):
+            self.controller.admin_add_user(words[0], len(words) == 2)
+        else:
+            self._error("usage: /user add NAME [admin] | /user remove NAME")
+
     def _error(self, text: str, code: str = "bad-input") -> None:
         assert self.renderer is not None
         self.renderer.show(ev.Error(text, code=code))
@@ -210,6 +226,8 @@ class ConsoleProtocol(Protocol):
             self.renderer.show(ev.Info(f"now talking to {self.target}", to=self.target))
         elif name == "/contact" and len(args) == 2 and args[0] in ("add", "accept", "remove"):
             c.contact(args[0], args[1].split()[0])
+        elif name == "/user" and len(args) == 2 and args[0] in ("add", "remove"):
+            self._user_command(args[0], args[1].split())
         elif name == "/backend" and len(args) <= 1:
             c.backend(args[0] if args else None)
         else:

@@ -63,6 +63,8 @@ class Info(Event):
     backend: str | None = None
     allowed: list[str] | None = None
     verified: bool | None = None
+    #: Only for ``/user add``: the new account's one-time password, for the admin.
+    password: str | None = None
 
     @property
     def text(self) -> str:

@@ -39,6 +39,12 @@ async def add_user(
         raise RelayError(wire.E_BAD_NAME, "user names are 1 to 32 of [a-z0-9_.-]")
     if role not in (ROLE_ADMIN, ROLE_USER):
         raise RelayError(wire.E_BAD_REQUEST, "role must be 'admin' or 'user'")
+    if password == "":
+        raise RelayError(wire.E_BAD_REQUEST, "the password must not be empty")
+    if password is None and "certificate" not in relay.config.auth.methods:
+        # securechat-admin's rule: such an account could only log in with a certificate.
+        raise RelayError(wire.E_BAD_REQUEST, "an account without a password needs "
+                         "certificate login, which this server does not allow")  # fmt: skip
     if await relay.store.get_user(user) is not None:
         raise RelayError(wire.E_USER_EXISTS, "that user exists")
     stored = None

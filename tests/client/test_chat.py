@@ -568,3 +568,38 @@ def test_room_updates_for_an_unknown_room_do_not_invent_its_members(net: Net) ->
     alice = net.peer("alice")
     alice.client.push(wire.RoomUpdate(room="#ops", user="bob", joined=True))
     assert "#ops" not in alice.client.rooms  # the next room send asks the server
+
+
+def test_admins_add_and_remove_users_from_the_client(net: Net) -> None:
+    """``/user add NAME [admin]`` makes an account with a one-time password shown only to
+    the admin (the new user logs in with it); ``/user remove`` deletes it and closes its
+    session; plain users are refused and nothing changes."""
+    net.harness.add_user("root", role="admin")
+    root = net.peer("root")
+    root.new_events()
+    root.type("/user add dave", "/user add erin admin")
+    added = [e for e in root.new_events("info") if "one-time password" in e["text"]]
+    assert [e["user"] for e in added] == ["dave", "erin"]
+    password = added[0]["password"]
+    assert len(password) >= 24 and password != added[1]["password"]
+    store = net.harness.store
+    assert store.get_user("dave").result.role == "user"
+    assert store.get_user("erin").result.role == "admin"
+    dave = net.peer("dave", password=password)  # --register takes the account over
+    assert dave.client.logged_in_once and "dave" in net.harness.relay.sessions
+
+    root.type("/user remove dave")
+    assert any(e["text"] == "removed dave" for e in root.new_events("info"))
+    assert store.get_user("dave").result is None
+    assert "dave" not in net.harness.relay.sessions
+
+    root.type("/user add erin", "/user remove nobody", "/user add Bad!Name", "/user add x y",
+              "/user frobnicate x")  # fmt: skip
+    errors = [e["text"] for e in root.new_events("error")]
+    assert len(errors) == 5 and sum("usage: /user" in t or "bad command" in t for t in errors) == 2
+
+    bob = net.peer("bob")
+    bob.new_events()
+    bob.type("/user add mallory", "/user remove erin")
+    assert len(bob.new_events("error")) == 2
+    assert store.get_user("mallory").result is None and store.get_user("erin").result

@@ -198,3 +198,16 @@ def test_json_lines_survive_unicode_line_separators() -> None:
     Renderer(out.append, True, clock=lambda: 0.0).show(ev.Message(body="a\u2028b\x85c"))
     assert len(out[0].decode().splitlines()) == 1
     assert json.loads(out[0])["text"] == "a\u2028b\x85c"
+
+
+def test_user_add_and_remove_commands() -> None:
+    proto, rec, t = console(json_mode=True)
+    feed(proto, "/user add dave", "/user add erin admin", "/user remove dave",
+         "/user add", "/user add a b", "/user delete dave")  # fmt: skip
+    assert rec.calls == [
+        ("admin_add_user", "dave", False),
+        ("admin_add_user", "erin", True),
+        ("admin_remove_user", "dave"),
+    ]
+    errors = [json.loads(line) for line in t.value().splitlines()]
+    assert len([e for e in errors if e["type"] == "error"]) == 3

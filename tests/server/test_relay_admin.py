@@ -134,3 +134,18 @@ def test_key_and_social_requests_take_send_tokens() -> None:
     h.clock.advance(1.0)
     assert a.reply(wire.RoomJoin(id=7, room="#r"), wire.Room).members == ("alice",)
     assert a.reply(wire.ContactList(id=8), wire.Contacts)  # reads stay free
+
+
+def test_admin_add_user_follows_securechat_admin_rules() -> None:
+    """No empty password; no password-less account unless certificate login is enabled."""
+    h = Harness(make_config(auth={"methods": ["password", "publickey"]}))
+    root = h.online("root", role="admin")
+    assert root.error(wire.AdminAddUser(id=1, user="dan", role="user")).code == (
+        wire.E_BAD_REQUEST
+    )
+    empty = wire.AdminAddUser(id=2, user="dan", role="user", password="")
+    assert root.error(empty).code == wire.E_BAD_REQUEST
+    assert h.store.get_user("dan").result is None
+    cert = Harness(make_config(auth={"methods": ["password", "certificate"]}))
+    admin = cert.online("root", role="admin")
+    assert admin.reply(wire.AdminAddUser(id=3, user="dan", role="user"), wire.Ok).id == 3

@@ -44,6 +44,7 @@ with instrumented(__name__ == "__main__", ["securechat", "twisted.protocols.basi
     from securechat import wire
     from securechat.config import StoreSection, config_from_mapping
     from securechat.server.auth import AuthService, make_portal
+    from securechat.server.loginthrottle import LoginThrottle
     from securechat.server.passwords import (
         Argon2Params,
         HashParams,
@@ -51,7 +52,6 @@ with instrumented(__name__ == "__main__", ["securechat", "twisted.protocols.basi
         hash_password,
     )
     from securechat.server.protocol import RelayFactory, build_factory
-    from securechat.server.ratelimit import LoginThrottle
     from securechat.server.store.memory import MemoryStore
 
 #: An admin account present in every fresh server, so mutated admin requests get past

@@ -78,10 +78,14 @@ class AuthSection:
     registration: bool = True
     registration_pow_bits: int = 0
     password_hash: str = "argon2id"  # noqa: S105 - a hash scheme name, not a secret
-    account_burst: int = 5
-    account_rate: float = 0.2
+    pair_burst: int = 5
+    pair_rate: float = 0.02
     address_burst: int = 20
-    address_rate: float = 1.0
+    address_rate: float = 0.1
+    account_burst: int = 10
+    account_rate: float = 0.01
+    login_pow_bits: int = 18
+    known_address_ttl: float = 30 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -305,8 +309,9 @@ def _check(cfg: ServerConfig, shown: str) -> None:
     for m in cfg.auth.methods:
         _one_of(shown, "[auth] methods", m, AUTH_METHODS)
     _one_of(shown, "[auth] password_hash", cfg.auth.password_hash, PASSWORD_HASHES)
-    if cfg.auth.registration_pow_bits > 32:
-        raise ConfigError(shown, "[auth] registration_pow_bits", "must be at most 32")
+    for key in ("registration_pow_bits", "login_pow_bits"):
+        if getattr(cfg.auth, key) > 32:
+            raise ConfigError(shown, f"[auth] {key}", "must be at most 32")
     if not cfg.crypto.backends:
         raise ConfigError(shown, "[crypto] backends", "must name at least one backend")
     for b in cfg.crypto.backends:

@@ -192,11 +192,22 @@ class Registered(Message):
 
 @_message("login_password")
 class LoginPassword(Message):
-    """Log in with a password (answered by :class:`LoggedIn` or an error)."""
+    """Log in with a password; after :class:`PowRequired`, again with the solved challenge."""
 
     id: I
     user: Name
     password: Annotated[str, SECRET]
+    pow_challenge: Annotated[bytes | None, CHALLENGE] = None
+    pow_solution: Annotated[bytes | None, KEY] = None
+
+
+@_message("pow_required")
+class PowRequired(Message):
+    """Reply to :class:`LoginPassword`: first solve ``challenge`` (``bits``, with the user)."""
+
+    id: I
+    challenge: Annotated[bytes, CHALLENGE]
+    bits: Annotated[int, COUNT]
 
 
 @_message("login_challenge")

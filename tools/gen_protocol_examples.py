@@ -45,7 +45,11 @@ def examples() -> list[wire.Message]:
             pow_challenge=b"\x22" * 32, pow_solution=b"\0\0\0\0\0\0\0\x07",
         ),
         wire.Registered(id=6, user="alice"),
-        wire.LoginPassword(id=7, user="alice", password="correct horse"),  # noqa: S106
+        wire.PowRequired(id=7, challenge=b"\x23" * 32, bits=18),
+        wire.LoginPassword(
+            id=7, user="alice", password="correct horse",  # noqa: S106
+            pow_challenge=b"\x23" * 32, pow_solution=b"\0\0\0\0\0\x01\x2c\x5e",
+        ),
         wire.LoginChallenge(id=8),
         wire.LoginNonce(id=8, nonce=b"\x33" * 32),
         wire.LoginPublicKey(id=9, user="alice", nonce=b"\x33" * 32, signature=b"\x44" * 64),

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 from securechat import wire
 from securechat.client import events as ev
-from securechat.client.network import LoginFailed, RemoteError, WireClientProtocol
+from securechat.client.network import (
+    LoginFailed,
+    RemoteError,
+    WireClientProtocol,
+    login_password,
+)
 from securechat.client.sessions import SessionManager
 
 AGENT = "securechat-client/0.1"
@@ -90,7 +95,7 @@ class Account:
     async def _login(self, proto: WireClientProtocol, welcome: wire.Welcome) -> str:
         methods = welcome.auth_methods
         if self.password is not None and "password" in methods:
-            reply = await proto.request(wire.LoginPassword, user=self.user, password=self.password)
+            reply = await login_password(proto, self.user, self.password)
         elif "publickey" in methods:
             nonce = await proto.request(wire.LoginChallenge)
             assert isinstance(nonce, wire.LoginNonce)

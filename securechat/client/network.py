@@ -122,6 +122,20 @@ class WireClientProtocol(Int32StringReceiver):
         self._on_lost(self, reason)
 
 
+async def login_password(proto: WireClientProtocol, user: str, password: str) -> wire.Message:
+    """``login_password``; when the server answers ``pow_required`` (the account had too
+    many failed logins from addresses we never used), solve the proof of work and send the
+    login again, once. The solution costs about ``2**bits`` SHA-256 computations."""
+    reply = await proto.request(wire.LoginPassword, user=user, password=password)
+    if isinstance(reply, wire.PowRequired):
+        solution = wire.pow_solve(reply.challenge, user, reply.bits)
+        reply = await proto.request(
+            wire.LoginPassword, user=user, password=password,
+            pow_challenge=reply.challenge, pow_solution=solution,
+        )  # fmt: skip
+    return reply
+
+
 class WireClientFactory(Factory):
     """Builds a protocol per (re)connection and hands it to ``on_connect``."""
 

@@ -50,11 +50,13 @@ from securechat.server.autherrors import (
     MethodNotAllowed,
     NameTaken,
     NoUsableCredential,
+    ProofOfWorkRequired,
     RegistrationClosed,
     RegistrationError,
     Throttled,
     WeakPassword,
 )
+from securechat.server.loginthrottle import LoginThrottle
 from securechat.server.passwords import (
     DEFAULT_PARAMS,
     HashParams,
@@ -63,7 +65,6 @@ from securechat.server.passwords import (
     dummy_hash,
     verify_password,
 )
-from securechat.server.ratelimit import LoginThrottle
 from securechat.server.registration import (
     IDENTITY_KEY_BYTES,
     MAX_PASSWORD_CHARS,
@@ -81,7 +82,8 @@ __all__ = [
     "IDENTITY_KEY_BYTES", "MAX_PASSWORD_CHARS", "MIN_PASSWORD_CHARS", "ROOM_RE", "USERNAME_RE",
     "Account", "AccountRealm", "AuthError", "AuthService", "BadCredentials", "BadProofOfWork",
     "CertificateCredentials", "IAccount", "InvalidIdentityKey", "InvalidUsername",
-    "MethodNotAllowed", "NameTaken", "NoUsableCredential", "PublicKeyCredentials",
+    "MethodNotAllowed", "NameTaken", "NoUsableCredential", "ProofOfWorkRequired",
+    "PublicKeyCredentials",
     "RegistrationClosed", "RegistrationError", "Throttled", "WeakPassword", "make_portal",
     "register_user", "valid_room_name", "valid_username",
 ]
@@ -342,45 +344,92 @@ class AuthService:
         """Forget idle throttle buckets (called periodically by the daemon's timer)."""
         return self._throttle.prune()
 
-    def login_password(self, user: str, password: str, address: str) -> Deferred[Account]:
-        """Log in with a password; ``address`` is the peer host, for throttling."""
+    def login_password(
+        self, user: str, password: str, address: str, proof: bool = False
+    ) -> Deferred[Account]:
+        """Log in with a password; ``address`` is the peer host, for throttling.
+
+        :param proof: the attempt came with a valid proof of work of
+            :attr:`pow_bits` (the protocol checked it).
+        :raises ProofOfWorkRequired: (as a failure) when this account had too many
+            failures from addresses it never logged in from, and ``proof`` is False.
+        """
         creds = UsernamePassword(
             user.encode("utf-8", "surrogatepass"), password.encode("utf-8", "surrogatepass")
         )
-        return Deferred.fromCoroutine(self._login(creds, IUsernamePassword, user, address))
+        return Deferred.fromCoroutine(self._login_password(creds, user, address, proof))
+
+    @property
+    def pow_bits(self) -> int:
+        """Difficulty of the proof of work a throttled password login must bring."""
+        return self._throttle.pow_bits
 
     def login_publickey(
         self, user: str, nonce: bytes, exporter: bytes, signature: bytes, address: str
     ) -> Deferred[Account]:
         """Log in with a signature; ``nonce`` and ``exporter`` from this connection's state."""
         creds = PublicKeyCredentials(user, nonce, exporter, signature)
-        return Deferred.fromCoroutine(self._login(creds, IPublicKeyLogin, user, address))
+        return Deferred.fromCoroutine(self._login_signature(creds, IPublicKeyLogin, address))
 
     def login_certificate(self, cn: str, address: str) -> Deferred[Account]:
         """Log in as the CN of the client certificate TLS verified on this connection."""
         creds = CertificateCredentials(cn)
-        return Deferred.fromCoroutine(self._login(creds, ICertificateLogin, cn, address))
+        return Deferred.fromCoroutine(self._login_signature(creds, ICertificateLogin, address))
 
-    async def _login(
-        self, creds: ICredentials, interface: type[Interface], account: str, address: str
+    async def _login_password(
+        self, creds: ICredentials, account: str, address: str, proof: bool
     ) -> Account:
+        if IUsernamePassword not in self._portal.checkers:
+            raise MethodNotAllowed()
+        verdict = self._throttle.check(account, address, proof)
+        if verdict.pow_bits:
+            raise ProofOfWorkRequired(verdict.pow_bits)
+        if verdict.wait > 0:
+            raise Throttled(verdict.wait)
+        try:
+            avatar = await self._portal_login(creds)
+        except BadCredentials:
+            self._throttle.failed(account, address, verdict)
+            await self._failure_pause()
+            raise
+        except Exception:
+            # Not the user's fault (the store failed, say): the attempt costs nothing.
+            self._throttle.release(account, address, verdict)
+            raise
+        self._throttle.succeeded(account, address, verdict)
+        return avatar
+
+    async def _login_signature(
+        self, creds: ICredentials, interface: type[Interface], address: str
+    ) -> Account:
+        """Public-key and certificate logins: only their own per-address failure limit
+        applies, so password failures (anyone's) never lock them out."""
         if interface not in self._portal.checkers:
             raise MethodNotAllowed()
-        wait = self._throttle.check(account, address)
-        if wait > 0:
-            raise Throttled(wait)
+        verdict = self._throttle.check_signature(address)
+        if verdict.wait > 0:
+            raise Throttled(verdict.wait)
+        try:
+            avatar = await self._portal_login(creds)
+        except BadCredentials:
+            self._throttle.failed_signature(address)
+            await self._failure_pause()
+            raise
+        except Exception:
+            self._throttle.release_signature(address)
+            raise
+        self._throttle.release_signature(address)
+        return avatar
+
+    async def _portal_login(self, creds: ICredentials) -> Account:
         try:
             _, avatar, _ = await self._portal.login(creds, None, IAccount)
         except UnauthorizedLogin:
-            self._throttle.failed(account, address)
-            if self._failure_delay > 0:
-                await deferLater(self._clock, self._failure_delay)
             raise BadCredentials() from None
-        except Exception:
-            # Not the user's fault (the store failed, say): the attempt costs nothing.
-            self._throttle.release(account, address)
-            raise
-        self._throttle.succeeded(account, address)
         if not isinstance(avatar, Account):
             raise TypeError("the realm returned something other than an Account")
         return avatar
+
+    async def _failure_pause(self) -> None:
+        if self._failure_delay > 0:
+            await deferLater(self._clock, self._failure_delay)

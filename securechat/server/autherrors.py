@@ -40,6 +40,27 @@ class Throttled(AuthError):
         self.retry_after = retry_after
 
 
+class ProofOfWorkRequired(AuthError):
+    """This account had too many failed logins from unknown addresses: solve a proof of
+    work of ``bits`` leading zero bits, then try again."""
+
+    code = "pow-required"
+
+    def __init__(self, bits: int) -> None:
+        super().__init__(bits)
+        self.bits = bits
+
+
+class Busy(AuthError):
+    """Too many password hashes are waiting; try again later."""
+
+    code = "unavailable"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+
+
 class RegistrationError(AuthError):
     """Registration was refused."""
 

@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from securechat import wire
-from securechat.server.auth import Account, register_user
+from securechat.server.auth import Account, ProofOfWorkRequired, register_user
 from securechat.server.autherrors import AuthError, BadCredentials, Throttled
 from securechat.server.relay import RelayError
 
@@ -75,11 +75,28 @@ async def register(conn: RelayProtocol, msg: wire.Register) -> wire.Message:
 
 
 async def login_password(conn: RelayProtocol, msg: wire.LoginPassword) -> wire.Message | None:
-    """Password login."""
+    """Password login; when the account is under attack from unknown addresses, the
+    attempt must first pay a proof of work (a fresh challenge, single-use, this
+    connection only), which the reply :class:`wire.PowRequired` asks for."""
     _check_not_logged_in(conn)
     auth = conn.server.auth
-    attempt = auth.login_password(msg.user, msg.password, conn.address)
-    await _login(conn, msg.id, attempt, "password", msg.user)
+    issued, conn.login_pow = conn.login_pow, None
+    proof = False
+    if msg.pow_challenge is not None or msg.pow_solution is not None:
+        proof = (
+            issued is not None
+            and msg.pow_challenge is not None
+            and wire.constant_time_equal(issued, msg.pow_challenge)
+            and wire.pow_valid(issued, msg.user, msg.pow_solution or b"", auth.pow_bits)
+        )
+        if not proof:
+            raise RelayError(wire.E_BAD_PROOF_OF_WORK, "proof of work not issued or not valid")
+    try:
+        attempt = auth.login_password(msg.user, msg.password, conn.address, proof)
+        await _login(conn, msg.id, attempt, "password", msg.user)
+    except ProofOfWorkRequired as e:
+        conn.login_pow = challenge = secrets.token_bytes(wire.POW_CHALLENGE_BYTES)
+        return wire.PowRequired(id=msg.id, challenge=challenge, bits=e.bits)
     return None
 
 

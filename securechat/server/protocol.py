@@ -35,9 +35,10 @@ from securechat.server.connection import ConnectionInfo, TLSConnectionInfo, Tran
 from securechat.server.deadlines import Deadlines
 from securechat.server.handlers import FAST_HANDLERS, HANDLERS
 from securechat.server.login import PRE_LOGIN_HANDLERS
+from securechat.server.loginthrottle import LoginThrottle
 from securechat.server.metrics import NULL_METRICS, IMetrics, RelayMetrics
 from securechat.server.passwords import DEFAULT_PARAMS, HashParams, ThreadRunner
-from securechat.server.ratelimit import LoginThrottle, SendLimiter
+from securechat.server.ratelimit import SendLimiter
 from securechat.server.relay import ISessionSink, Relay, RelayError, Session
 from securechat.server.store.interface import IStore
 
@@ -76,6 +77,7 @@ class RelayProtocol(Int32StringReceiver):
     #: Login state, see :mod:`securechat.server.login`.
     logging_in = False
     login_nonce: bytes | None = None
+    login_pow: bytes | None = None
     pow_challenge: bytes | None = None
     #: Output held while the transport is paused (lists only then: most never are).
     _held: list[bytes] | None = None
@@ -353,7 +355,8 @@ class RelayProtocol(Int32StringReceiver):
         elif isinstance(e, AuthError):
             self.log.info("conn {conn}: {kind} refused: {code}", conn=self.cid, kind=kind,
                           code=e.code)  # fmt: skip
-            self._error(rid, e.code, str(type(e).__doc__ or e.code).strip())
+            text = " ".join(str(type(e).__doc__ or e.code).split())
+            self._error(rid, e.code, text, getattr(e, "retry_after", None))
         elif type(e) is StoreError:
             # Locked database, full disk, I/O error: nothing was accepted; say so plainly
             # and let the client retry, without a traceback per request in the log.

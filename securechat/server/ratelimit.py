@@ -1,14 +1,14 @@
 # -*- test-case-name: tests.server.test_ratelimit -*-
-"""Token buckets: login back-off per account and per address, and the per-user send rate.
+"""Token buckets and their bounded tables; the per-user send rate.
+
+The login throttle built from them is :mod:`securechat.server.loginthrottle`.
 
 Everything here is pure: time comes from an injected ``now()`` callable (``reactor.seconds``
 in the server, ``Clock.seconds`` in tests), nothing schedules calls or touches the reactor.
 
 Why token buckets: a bucket of ``capacity`` tokens refilled at ``rate`` tokens per second
 allows a short burst (a user mistyping a password twice, a client flushing its outbox) and
-then a steady rate, with O(1) state per key and no timers. Failed logins are limited twice,
-per account (slows guessing one user's password from many addresses) and per address (slows
-one address guessing many accounts), as OWASP's Authentication Cheat Sheet recommends.
+then a steady rate, with O(1) state per key and no timers.
 
 Memory is bounded: a bucket that has refilled completely behaves exactly like a missing one,
 so it is dropped; and each table holds at most ``max_keys`` keys, evicting the least
@@ -25,7 +25,7 @@ import ipaddress
 import math
 from collections.abc import Callable
 
-from securechat.config import AuthSection, PolicySection
+from securechat.config import PolicySection
 
 #: Longest key kept as given; longer account names or addresses are cut (they are invalid
 #: anyway, and cutting bounds the memory an attacker can make us hold per key).
@@ -115,6 +115,20 @@ class TokenBucket:
         if self._reserved > 0:
             self._reserved -= 1
         self._tokens = max(0.0, self._tokens - 1)
+
+    def spend(self) -> None:
+        """Spend a token from the balance (down to zero), leaving reservations alone."""
+        if self.unlimited:
+            return
+        self._refill()
+        self._tokens = max(0.0, self._tokens - 1)
+
+    def charge(self, max_debt_bursts: float) -> None:
+        """Spend a token even when there is none, down to ``max_debt_bursts`` bursts of
+        debt: a refused attempt pushes the next allowed one further away, boundedly."""
+        if self.unlimited or self._refill() >= 1:  # refused only for others' reservations
+            return
+        self._tokens = max(-self.capacity * max_debt_bursts, self._tokens - 1)
 
     def cancel(self) -> None:
         """Release a reservation without spending it."""
@@ -214,78 +228,6 @@ def address_key(host: str) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
-
-
-class LoginThrottle:
-    """Back-off for failed logins, per account and per address.
-
-    Protocol: call :meth:`check` before the expensive part of a login. When it returns 0
-    it has reserved one attempt in both buckets, and exactly one of :meth:`failed` (the
-    attempt costs a token), :meth:`succeeded` (it costs nothing) or :meth:`release` (the
-    attempt was abandoned, e.g. the store failed) must follow. :meth:`failed` without a
-    preceding check still costs a token, so the throttle also works as a plain counter.
-    """
-
-    def __init__(
-        self,
-        account_burst: float,
-        account_rate: float,
-        address_burst: float,
-        address_rate: float,
-        now: Callable[[], float],
-        max_keys: int = DEFAULT_MAX_KEYS,
-    ) -> None:
-        self.accounts = BucketTable(account_burst, account_rate, now, max_keys)
-        self.addresses = BucketTable(address_burst, address_rate, now, max_keys)
-
-    @classmethod
-    def from_config(
-        cls, auth: AuthSection, now: Callable[[], float], max_keys: int = DEFAULT_MAX_KEYS
-    ) -> LoginThrottle:
-        """Build from ``[auth] account_burst/account_rate/address_burst/address_rate``."""
-        return cls(
-            auth.account_burst,
-            auth.account_rate,
-            auth.address_burst,
-            auth.address_rate,
-            now,
-            max_keys,
-        )
-
-    def check(self, account: str, address: str) -> float:
-        """Return 0 and reserve an attempt if both buckets allow one, else seconds to wait."""
-        addr = address_key(address)
-        wait = max(self.accounts.wait_time(account), self.addresses.wait_time(addr))
-        if wait > 0:
-            return wait
-        account_bucket = self.accounts.get(account)
-        address_bucket = self.addresses.get(addr)
-        if not account_bucket.reserve():
-            return account_bucket.wait_time()
-        if not address_bucket.reserve():
-            account_bucket.cancel()
-            return address_bucket.wait_time()
-        return 0.0
-
-    def failed(self, account: str, address: str) -> None:
-        """Record a failed attempt: one token from each bucket."""
-        self.accounts.get(account).commit()
-        self.addresses.get(address_key(address)).commit()
-
-    def succeeded(self, account: str, address: str) -> None:
-        """Record a successful attempt: it costs nothing, so the reservation is released."""
-        self.release(account, address)
-
-    def release(self, account: str, address: str) -> None:
-        """Give back a reservation made by :meth:`check` without counting an attempt."""
-        for table, key in ((self.accounts, account), (self.addresses, address_key(address))):
-            bucket = table.peek(key)
-            if bucket is not None:
-                bucket.cancel()
-
-    def prune(self) -> int:
-        """Drop idle buckets from both tables; returns how many were dropped."""
-        return self.accounts.prune() + self.addresses.prune()
 
 
 class SendLimiter:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.internet import defer, task
@@ -155,10 +155,18 @@ async def timed_login(
     return time.perf_counter() - start, outcome, client
 
 
-async def login_solving_pow(client: WireClient, user: str, password: str) -> wire.Message:
-    """``login_password``; when the server asks for proof of work, solve it and retry once."""
+async def login_solving_pow(client: WireClient, user: str, password: str) -> wire.LoggedIn:
+    """``login_password``; when the server asks for proof of work, solve it and send the
+    login again, exactly as ``securechat.client.network.login_password`` does."""
     msg = wire.LoginPassword(id=0, user=user, password=password)
     reply = await client.request(msg, wire.Message)
     if isinstance(reply, wire.Error):
         raise ServerError(reply)
+    if isinstance(reply, wire.PowRequired):
+        solution = wire.pow_solve(reply.challenge, user, reply.bits)
+        msg = replace(msg, pow_challenge=reply.challenge, pow_solution=solution)
+        reply = await client.request(msg, wire.Message)
+    if isinstance(reply, wire.Error):
+        raise ServerError(reply)
+    assert isinstance(reply, wire.LoggedIn), reply
     return reply

@@ -84,13 +84,14 @@ class WireClient(Int32StringReceiver):
 
     # -- requests -------------------------------------------------------------------------
     async def request(self, msg: wire.Message, expect: type[_M]) -> _M:
-        """Send ``msg`` with a fresh id and return its reply, which must be ``expect``."""
+        """Send ``msg`` with a fresh id and return its reply, which must be ``expect``
+        (an ``error`` raises :class:`ServerError` unless ``expect`` admits it)."""
         rid = next(self._ids)
         d: defer.Deferred[wire.Message] = defer.Deferred()
         self._pending[rid] = d
         self.sendString(wire.encode(replace(msg, id=rid)))  # type: ignore[type-var]
         reply = await d.addTimeout(TIMEOUT, self._reactor)
-        if isinstance(reply, wire.Error) and expect is not wire.Error:
+        if isinstance(reply, wire.Error) and not issubclass(wire.Error, expect):
             raise ServerError(reply)
         assert isinstance(reply, expect), reply
         return reply

@@ -1,8 +1,9 @@
 """Password guessing is throttled per account and per address, against the real daemon.
 
-``[auth] account_burst`` wrong passwords for one account make further attempts for that
-account answer ``throttled`` with a ``retry_after`` (even with the right password: the
-check comes before the expensive hash), while other accounts still log in. Wrong
+``[auth] pair_burst`` wrong passwords for one account from one address make further
+attempts for that account from that address answer ``throttled`` with a ``retry_after``
+(even with the right password: the check comes before the expensive hash), while other
+accounts still log in. Wrong
 passwords for many accounts from one address exhaust that address's bucket; a user
 connecting from another address (127.0.0.2, still loopback) is not affected.
 """
@@ -25,8 +26,8 @@ GUESS = "Tr0ub4dor-guess"  # never in a log line
 #: Refill so slowly that no token comes back during the test.
 CONFIG = {
     "auth": {
-        "account_burst": ACCOUNT_BURST,
-        "account_rate": 0.001,
+        "pair_burst": ACCOUNT_BURST,
+        "pair_rate": 0.001,
         "address_burst": ADDRESS_BURST,
         "address_rate": 0.001,
     }
@@ -53,7 +54,8 @@ async def test_password_guessing_is_throttled(reactor: Any, write_config: Config
             [defer.ensureDeferred(registrar.register(n, PASSWORD)) for n in ("carol", "dave")]
         )
 
-        # Per account: the burst of wrong guesses fails, then even the right one waits.
+        # Per account and address: the burst of wrong guesses fails, then even the right
+        # one waits.
         guesser = await relay.tls_client()
         for n in range(ACCOUNT_BURST):
             with pytest.raises(ServerError, match=wire.E_AUTH_FAILED):

@@ -17,9 +17,9 @@ from twisted.internet.testing import StringTransport
 from securechat import wire
 from securechat.config import ServerConfig, StoreSection, config_from_mapping
 from securechat.server.auth import AuthService, make_portal
+from securechat.server.loginthrottle import LoginThrottle
 from securechat.server.passwords import Argon2Params, HashParams, ScryptParams, hash_password
 from securechat.server.protocol import RelayProtocol, build_factory
-from securechat.server.ratelimit import LoginThrottle
 from securechat.server.store.memory import MemoryStore
 
 CHEAP = HashParams(Argon2Params(memory_kib=64, iterations=1, lanes=1), ScryptParams(4, 8, 1))

@@ -38,6 +38,7 @@ from securechat.server.auth import (
     NameTaken,
     NonceCache,
     NoUsableCredential,
+    ProofOfWorkRequired,
     PublicKeyChecker,
     PublicKeyCredentials,
     RegistrationClosed,
@@ -49,6 +50,7 @@ from securechat.server.auth import (
     valid_room_name,
     valid_username,
 )
+from securechat.server.loginthrottle import LoginThrottle
 from securechat.server.passwords import (
     DEFAULT_PARAMS,
     Argon2Params,
@@ -61,7 +63,6 @@ from securechat.server.passwords import (
     parse_hash,
     verify_password,
 )
-from securechat.server.ratelimit import LoginThrottle
 from securechat.server.store.interface import ROLE_ADMIN, ROLE_USER
 from securechat.server.store.memory import MemoryStore
 
@@ -251,7 +252,10 @@ class LoginTests(SynchronousTestCase):
         self.clock = Clock()
         self.store = MemoryStore(clock=self.clock)
         self.runner = SyncRunner()
-        self.config = make_config(methods=list(self.methods), account_burst=3, account_rate=0.5)
+        self.config = make_config(
+            methods=list(self.methods), pair_burst=3, pair_rate=0.5, account_burst=3,
+            account_rate=0.5, login_pow_bits=8,
+        )  # fmt: skip
         self.portal = make_portal(self.config, self.store, self.runner, params=CHEAP)
         self.throttle = LoginThrottle.from_config(self.config.auth, self.clock.seconds)
         self.service = AuthService(self.portal, self.throttle, self.clock, failure_delay=0)
@@ -400,29 +404,53 @@ class LoginTests(SynchronousTestCase):
         with self.assertRaises(NotImplementedError):
             realm.requestAvatar(b"alice", None, IUsernamePassword)
 
-    def test_throttle_per_account(self) -> None:
-        """After the burst of failures the account waits; no hash is computed meanwhile."""
-        for i in range(3):
+    def test_throttle_per_account_and_address(self) -> None:
+        """After the burst of failures that address waits; no hash is computed meanwhile,
+        and the account's owner elsewhere (where she logged in before) logs in."""
+        self.successResultOf(self.service.login_password("alice", PASSWORD, ADDR))
+        for _ in range(3):
             self.fails_with(
-                self.service.login_password("alice", "wrong-pass", f"192.0.2.{i}"), BadCredentials
+                self.service.login_password("alice", "wrong-pass", "192.0.2.1"), BadCredentials
             )
         self.runner.calls.clear()
-        err = self.fails_with(self.service.login_password("alice", PASSWORD, ADDR), Throttled)
-        self.assertAlmostEqual(err.retry_after, 2.0)  # type: ignore[attr-defined]
+        err = self.fails_with(
+            self.service.login_password("alice", PASSWORD, "192.0.2.1"), Throttled
+        )
+        self.assertAlmostEqual(err.retry_after, 4.0)  # type: ignore[attr-defined]
         self.assertEqual(err.code, "throttled")  # type: ignore[attr-defined]
         self.assertEqual(self.runner.calls, [])
-        self.clock.advance(2.0)
         self.successResultOf(self.service.login_password("alice", PASSWORD, ADDR))
 
-    def test_throttle_per_address(self) -> None:
-        """One address spraying many accounts is stopped; other addresses are not."""
-        throttle = LoginThrottle(100, 1.0, 2, 0.25, self.clock.seconds)
+    def test_account_under_attack_asks_for_proof_of_work(self) -> None:
+        """Failures from many addresses make a new address pay; a known one does not."""
+        self.successResultOf(self.service.login_password("alice", PASSWORD, ADDR))
+        for i in range(3):
+            self.fails_with(
+                self.service.login_password("alice", "wrong-pass", f"198.51.100.{i}"),
+                BadCredentials,
+            )
+        self.runner.calls.clear()
+        err = self.fails_with(
+            self.service.login_password("alice", PASSWORD, "203.0.113.5"), ProofOfWorkRequired
+        )
+        self.assertEqual(err.bits, 8)  # type: ignore[attr-defined]
+        self.assertEqual(self.runner.calls, [])
+        self.successResultOf(self.service.login_password("alice", PASSWORD, "203.0.113.5", True))
+        self.successResultOf(self.service.login_password("alice", PASSWORD, ADDR))
+
+    def test_password_failures_never_throttle_signature_logins(self) -> None:
+        """Public-key and certificate logins have their own per-address limit."""
+        throttle = LoginThrottle(now=self.clock.seconds, address_burst=2, address_rate=0.25)
         service = AuthService(self.portal, throttle, self.clock, failure_delay=0)
         for user in ("u1", "u2"):
             self.fails_with(service.login_password(user, PASSWORD, ADDR), BadCredentials)
-        self.fails_with(service.login_certificate("alice", ADDR), Throttled)
+        self.fails_with(service.login_password("alice", PASSWORD, ADDR), Throttled)
+        self.successResultOf(service.login_certificate("alice", ADDR))
         self.successResultOf(service.login_password("alice", PASSWORD, "198.51.100.1"))
-        self.clock.advance(4.0)
+        for _ in range(2):
+            self.fails_with(service.login_certificate("nobody", ADDR), BadCredentials)
+        self.fails_with(service.login_certificate("alice", ADDR), Throttled)
+        self.clock.advance(8.0)  # one token, plus the one the refused attempt was charged
         self.successResultOf(service.login_certificate("alice", ADDR))
 
     def test_failure_answer_is_delayed(self) -> None:

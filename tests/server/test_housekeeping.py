@@ -19,15 +19,15 @@ def test_housekeeping_forgets_idle_send_and_login_buckets() -> None:
     wrong.request(wire.LoginPassword(id=wrong.next_id(), user="alice", password="not-it-at-all"))
     h.clock.advance(0)
     assert len(h.relay.limiter.table) >= 1
-    assert len(h.auth._throttle.accounts) >= 1
+    assert len(h.auth._throttle.pairs) >= 1
 
     h.factory.housekeeping()  # buckets still draining: nothing idle yet
-    assert len(h.auth._throttle.accounts) >= 1
+    assert len(h.auth._throttle.pairs) >= 1
 
     h.clock.advance(3600)  # every bucket refills: all idle
     h.factory.housekeeping()
     assert len(h.relay.limiter.table) == 0
-    assert len(h.auth._throttle.accounts) == 0
+    assert len(h.auth._throttle.pairs) == 0
     assert len(h.auth._throttle.addresses) == 0
 
 

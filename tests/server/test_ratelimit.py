@@ -1,4 +1,4 @@
-"""Tests for securechat.server.ratelimit: token buckets, login back-off, send rate."""
+"""Tests for securechat.server.ratelimit: token buckets and the send rate."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from securechat.config import AuthSection, PolicySection
+from securechat.config import PolicySection
 from securechat.server.ratelimit import (
     MAX_KEY_LENGTH,
     BucketTable,
-    LoginThrottle,
     SendLimiter,
     TokenBucket,
     address_key,
@@ -205,105 +204,6 @@ def test_table_bounds_hold_for_any_sequence(ops: list[tuple[int, float, int]]) -
 def test_address_key(host: str, key: str) -> None:
     """IPv6 peers are grouped by /64 (one subscriber's allocation); IPv4 stays as is."""
     assert address_key(host) == key
-
-
-# -- LoginThrottle ------------------------------------------------------------------------------
-
-
-def _throttle(clock: Clock, **kw: float) -> LoginThrottle:
-    values = {"account_burst": 3, "account_rate": 0.5, "address_burst": 5, "address_rate": 1.0}
-    values.update(kw)
-    return LoginThrottle(now=clock.seconds, **values)  # type: ignore[arg-type]
-
-
-def _fail(t: LoginThrottle, account: str, address: str) -> float:
-    wait = t.check(account, address)
-    if wait == 0:
-        t.failed(account, address)
-    return wait
-
-
-def test_account_is_throttled_across_addresses(clock: Clock) -> None:
-    """Failures for one account from many addresses exhaust the account's bucket."""
-    t = _throttle(clock)
-    assert [_fail(t, "alice", f"192.0.2.{i}") for i in range(3)] == [0, 0, 0]
-    assert t.check("alice", "198.51.100.1") == pytest.approx(2.0)
-    assert t.check("bob", "198.51.100.1") == 0  # other accounts are unaffected
-    t.succeeded("bob", "198.51.100.1")
-    clock.advance(2.0)
-    assert t.check("alice", "198.51.100.1") == 0
-
-
-def test_address_is_throttled_across_accounts(clock: Clock) -> None:
-    """Failures from one address against many accounts exhaust the address's bucket."""
-    t = _throttle(clock)
-    assert all(_fail(t, f"user{i}", "203.0.113.9") == 0 for i in range(5))
-    assert t.check("user99", "203.0.113.9") == pytest.approx(1.0)
-    assert t.check("user99", "203.0.113.10") == 0
-    t.succeeded("user99", "203.0.113.10")
-    clock.advance(1.0)
-    assert t.check("user99", "203.0.113.9") == 0
-
-
-def test_ipv6_neighbours_share_an_address_bucket(clock: Clock) -> None:
-    """Rotating through one /64 does not escape the per-address limit."""
-    t = _throttle(clock)
-    for i in range(5):
-        assert _fail(t, f"user{i}", f"2001:db8::{i + 1:x}") == 0
-    assert t.check("other", "2001:db8::ffff") > 0
-
-
-def test_success_costs_nothing(clock: Clock) -> None:
-    """Successful logins (reconnects) never throttle the account or the address."""
-    t = _throttle(clock)
-    for _ in range(100):
-        assert t.check("alice", "192.0.2.1") == 0
-        t.succeeded("alice", "192.0.2.1")
-
-
-def test_concurrent_attempts_are_reserved(clock: Clock) -> None:
-    """Attempts in flight hold their tokens: parallel logins cannot all pass one check."""
-    t = _throttle(clock)
-    assert [t.check("alice", f"192.0.2.{i}") for i in range(3)] == [0, 0, 0]
-    assert t.check("alice", "192.0.2.9") > 0
-    t.release("alice", "192.0.2.0")
-    assert t.check("alice", "192.0.2.9") == 0
-
-
-def test_refused_account_check_releases_address_reservation(clock: Clock) -> None:
-    """When one bucket refuses, nothing stays reserved in the other."""
-    t = _throttle(clock, account_burst=1)
-    assert _fail(t, "alice", "192.0.2.1") == 0
-    for _ in range(10):
-        assert t.check("alice", "192.0.2.2") > 0
-    assert t.addresses.get(address_key("192.0.2.2")).available() == 5
-
-
-def test_failed_without_check_still_counts(clock: Clock) -> None:
-    """failed() alone spends a token, so the throttle also works as a plain counter."""
-    t = _throttle(clock)
-    for _ in range(3):
-        t.failed("alice", "192.0.2.1")
-    assert t.check("alice", "192.0.2.1") > 0
-
-
-def test_throttle_from_config_and_prune(clock: Clock) -> None:
-    """from_config reads the [auth] section; prune empties refilled buckets."""
-    t = LoginThrottle.from_config(AuthSection(account_burst=1, account_rate=0.1), clock.seconds)
-    assert _fail(t, "alice", "192.0.2.1") == 0
-    assert t.check("alice", "192.0.2.1") == pytest.approx(10.0)
-    clock.advance(10)
-    assert t.prune() == 2
-    assert len(t.accounts) == len(t.addresses) == 0
-
-
-def test_throttle_memory_is_bounded(clock: Clock) -> None:
-    """A spray of account names and addresses cannot grow the tables past max_keys."""
-    t = LoginThrottle(5, 0.2, 20, 1.0, clock.seconds, max_keys=50)
-    for i in range(5000):
-        _fail(t, f"guess{i}", f"10.{i // 256 % 256}.{i % 256}.1")
-    assert len(t.accounts) <= 50
-    assert len(t.addresses) <= 50
 
 
 # -- SendLimiter -----------------------------------------------------------------------------

@@ -41,6 +41,9 @@ class ServerSection:
     handshake_timeout: float = 10.0
     idle_timeout: float = 600.0
     max_outbound_bytes: int = 4 << 20
+    prelogin_max_frame_bytes: int = 16 << 10
+    max_connections_per_address: int = 256
+    max_pending_per_address: int = 32
 
 
 @dataclass(frozen=True)
@@ -291,6 +294,10 @@ def _check(cfg: ServerConfig, shown: str) -> None:
         raise ConfigError(shown, "[server] port", "must be between 0 and 65535")
     if not 1024 <= cfg.server.max_frame_bytes <= 64 << 20:
         raise ConfigError(shown, "[server] max_frame_bytes", "must be between 1024 and 64 MiB")
+    if not 1024 <= cfg.server.prelogin_max_frame_bytes <= cfg.server.max_frame_bytes:
+        raise ConfigError(
+            shown, "[server] prelogin_max_frame_bytes", "must be between 1024 and max_frame_bytes"
+        )
     for key in ("handshake_timeout", "idle_timeout"):
         if getattr(cfg.server, key) <= 0:
             raise ConfigError(shown, f"[server] {key}", "must be positive")

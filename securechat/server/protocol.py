@@ -30,6 +30,7 @@ from securechat import wire
 from securechat.config import ServerConfig
 from securechat.errors import StoreError
 from securechat.server import admin
+from securechat.server.admission import Admission
 from securechat.server.auth import AuthError, AuthService, BadCredentials, Throttled, make_portal
 from securechat.server.connection import ConnectionInfo, TLSConnectionInfo, Transport
 from securechat.server.deadlines import Deadlines
@@ -91,6 +92,9 @@ class RelayProtocol(Int32StringReceiver):
     #: The bucket of the factory's :class:`Deadlines` this connection is filed in.
     _deadline: set[RelayProtocol] | None = None
     session: Session | None = None
+    #: The key this connection is counted under in the factory's :class:`Admission`
+    #: (None until admitted, and for a refused connection).
+    _admitted: str | None = None
 
     def __init__(self, factory: RelayFactory):
         self.server = factory
@@ -126,8 +130,14 @@ class RelayProtocol(Int32StringReceiver):
 
     # -- connection lifecycle -------------------------------------------------------------
     def connectionMade(self) -> None:
-        """Protocol API: start the login deadline and learn about slow readers."""
+        """Protocol API: refuse a connection over the per-address limits (before TLS
+        starts); otherwise start the login deadline and learn about slow readers."""
         self._tx = cast(Transport, self.transport)
+        self._admitted = self.server.admission.admit(self.address)
+        if self._admitted is None:
+            self._closing = True
+            self._tx.abortConnection()
+            return
         self.server.metrics.connection_opened()
         self._tx.registerProducer(self, True)
         self._set_timeout(self.server.config.server.handshake_timeout)
@@ -135,6 +145,10 @@ class RelayProtocol(Int32StringReceiver):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Protocol API: leave the relay; un-acknowledged envelopes stay stored."""
         self._closed = True
+        self._unprocessed, self._held = b"", None  # free buffered input and output now
+        if self._admitted is None:
+            return
+        self.server.admission.closed(self._admitted, self.session is None)
         self._set_timeout(None)
         self.server.metrics.connection_closed(self._handshake_done())
         if self.session is not None:
@@ -166,6 +180,8 @@ class RelayProtocol(Int32StringReceiver):
     def start_session(self, session: Session) -> None:
         """A login succeeded: from now on requests run as ``session``."""
         self.session = session
+        if self._admitted is not None:
+            self.server.admission.logged_in(self._admitted)
         self._set_timeout(self.server.config.server.idle_timeout)
 
     @property
@@ -264,7 +280,9 @@ class RelayProtocol(Int32StringReceiver):
         if self._closing or self._closed:
             return
         buf = self._unprocessed + data if self._unprocessed else data
-        end, size, limit = 0, len(buf), self.server.max_frame_bytes
+        f = self.server
+        limit = f.max_frame_bytes if self.session is not None else f.prelogin_frame_bytes
+        end, size = 0, len(buf)
         while size - end >= 4:
             (length,) = _HEADER.unpack_from(buf, end)
             if length > limit:
@@ -405,6 +423,11 @@ class RelayFactory(ServerFactory[RelayProtocol]):
         self.hash_params = hash_params
         self.connection_info = connection_info
         self.max_frame_bytes = config.server.max_frame_bytes
+        #: Nothing before login needs more (a registration is a few KiB at most).
+        self.prelogin_frame_bytes = config.server.prelogin_max_frame_bytes  # <= the above
+        c = config.server
+        self.admission = Admission(c.max_connections_per_address, c.max_pending_per_address,
+                                   clock.seconds)  # fmt: skip
         self.metrics: IMetrics = relay.metrics
         self.ids = count(1)
         #: The login deadlines, idle limits and close grace periods of all connections.
@@ -434,7 +457,9 @@ class RelayFactory(ServerFactory[RelayProtocol]):
 
     def check_accounts(self) -> Deferred[int]:
         """Close sessions whose account was removed behind the server's back (by
-        ``securechat-admin`` on the database); fires with how many were closed."""
+        ``securechat-admin`` on the database); fires with how many were closed. Also
+        returns the memory of connections closed since the last call to the system."""
+        self.admission.trimmer.flush()
         return Deferred.fromCoroutine(admin.drop_removed_sessions(self.relay))
 
     def buildProtocol(self, addr: IAddress | None) -> RelayProtocol:

@@ -294,10 +294,8 @@ def _check(cfg: ServerConfig, shown: str) -> None:
         raise ConfigError(shown, "[server] port", "must be between 0 and 65535")
     if not 1024 <= cfg.server.max_frame_bytes <= 64 << 20:
         raise ConfigError(shown, "[server] max_frame_bytes", "must be between 1024 and 64 MiB")
-    if not 1024 <= cfg.server.prelogin_max_frame_bytes <= cfg.server.max_frame_bytes:
-        raise ConfigError(
-            shown, "[server] prelogin_max_frame_bytes", "must be between 1024 and max_frame_bytes"
-        )
+    if cfg.server.prelogin_max_frame_bytes < 1024:  # max_frame_bytes caps it too
+        raise ConfigError(shown, "[server] prelogin_max_frame_bytes", "must be at least 1024")
     for key in ("handshake_timeout", "idle_timeout"):
         if getattr(cfg.server, key) <= 0:
             raise ConfigError(shown, f"[server] {key}", "must be positive")

@@ -424,8 +424,8 @@ class RelayFactory(ServerFactory[RelayProtocol]):
         self.connection_info = connection_info
         self.max_frame_bytes = config.server.max_frame_bytes
         #: Nothing before login needs more (a registration is a few KiB at most).
-        self.prelogin_frame_bytes = config.server.prelogin_max_frame_bytes  # <= the above
         c = config.server
+        self.prelogin_frame_bytes = min(c.prelogin_max_frame_bytes, self.max_frame_bytes)
         self.admission = Admission(c.max_connections_per_address, c.max_pending_per_address,
                                    clock.seconds)  # fmt: skip
         self.metrics: IMetrics = relay.metrics

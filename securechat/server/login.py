@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from securechat import wire
-from securechat.server.auth import Account, ProofOfWorkRequired, register_user
+from securechat.server.auth import Account, ProofOfWorkRequired, register_user, valid_username
 from securechat.server.autherrors import AuthError, BadCredentials, Throttled
 from securechat.server.relay import RelayError
 
@@ -135,10 +135,11 @@ async def login_certificate(conn: RelayProtocol, msg: wire.LoginCertificate) -> 
 
 
 def shown_name(name: str) -> str:
-    """An attempted (unchecked) user name made safe for a log line: at most 64 characters,
-    control and other non-printable characters escaped, so it cannot forge log lines."""
-    cut = name[:64]
-    return cut if cut.isprintable() else cut.encode("unicode_escape").decode("ascii")
+    """An attempted (unchecked) user name as the log shows it: the name itself when it is
+    a valid user name, else a placeholder. A string that cannot be a user name is often a
+    password typed into the wrong field, and must not end up in a log; a valid name cannot
+    forge a log line either."""
+    return name if valid_username(name) else f"(not a valid user name, {len(name)} chars)"
 
 
 async def _login(

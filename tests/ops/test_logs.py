@@ -97,3 +97,12 @@ def test_twistd_logger_option_takes_the_factory() -> None:
     ).stdout
     lines = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert any(line["event"] == "probe 1" and line["namespace"] == "probe" for line in lines)
+
+
+def test_attempted_names_that_cannot_be_user_names_are_not_logged() -> None:
+    """A password typed into the user-name field must not reach the log."""
+    from securechat.server.login import shown_name
+
+    assert shown_name("alice") == "alice"
+    assert shown_name("Tr0ub4dor&3") == "(not a valid user name, 11 chars)"
+    assert shown_name("evil\nconn 1: alice logged in").startswith("(not a valid user name")

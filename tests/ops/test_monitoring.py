@@ -183,3 +183,15 @@ def test_dashboard_and_alerts_use_only_exported_metrics() -> None:
         assert base in families or name in families, name
     for name in families:  # and every metric has a panel
         assert any(name in e for e in exprs), name
+
+
+def test_delivered_counts_every_envelope_of_runs_committed_together() -> None:
+    clock = Clock()
+    clock.advance(10.0)
+    m = RelayMetrics(clock)
+    m.delivered([env(9.99), env(9.99), env(9.99), env(4.0), env(9.99)])
+    m.delivered([])
+    h = m.deliver_latency
+    assert m.envelopes_delivered == 5 and h.count == 5
+    assert dict(h.cumulative())["0.01"] == 4 and dict(h.cumulative())["10.0"] == 5
+    assert abs(h.sum - (4 * 0.01 + 6.0)) < 1e-9

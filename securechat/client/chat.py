@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred, succeed
@@ -96,29 +97,33 @@ class ChatClient:
         if self.renderer is not None:
             self.renderer.show(event)
 
-    def _report(self, failure: Failure) -> None:
+    def _report(self, failure: Failure, command: str | None = None) -> None:
+        """One ``error`` event for a failed command; ``command`` is what it answers."""
         err = failure.value
         if isinstance(err, RemoteError):
-            self.emit(ev.Error(f"server refused: {err}", code=err.code))
+            error = ev.Error(f"server refused: {err}", code=err.code)
         elif isinstance(err, ConnectionGone):
-            self.emit(ev.Error("not connected: will retry when the server is back",
-                               code="not-connected"))  # fmt: skip
+            error = ev.Error("not connected: will retry when the server is back",
+                             code="not-connected")  # fmt: skip
         elif isinstance(err, TrustError):
-            self.emit(ev.Error(str(err), code="blocked"))
-        elif isinstance(err, CryptoError | KeyError | ValueError):
-            self.emit(ev.Error(str(err).strip("'")))
+            error = ev.Error(str(err), code="blocked")
+        elif isinstance(err, CryptoError):
+            error = ev.Error(str(err), code="crypto")
+        elif isinstance(err, KeyError | ValueError):
+            error = ev.Error(str(err).strip("'"), code="invalid")
         else:
             self.log.failure("unexpected error", failure)
-            self.emit(ev.Error(f"internal error: {err!r}", code="internal"))
+            error = ev.Error(f"internal error: {err!r}", code="internal")
+        self.emit(replace(error, command=command))
 
-    def _run(self, coro: Any) -> None:
-        ensureDeferred(coro).addErrback(self._report)
+    def _run(self, coro: Any, command: str | None = None) -> None:
+        ensureDeferred(coro).addErrback(self._report, command)
 
-    def _serial(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    def _serial(self, make: Callable[[], Coroutine[Any, Any, None]], command: str) -> None:
         """Run a command after every earlier one finished, so commands act in typed order
         (``/msg bob hi`` then ``/trust bob`` trusts the key that message pinned) and quitting
-        waits for their replies."""
-        self._run(self._lock.run(lambda: ensureDeferred(make())))
+        waits for their replies. Its errors name ``command`` (``/join #room``)."""
+        self._run(self._lock.run(lambda: ensureDeferred(make())), command)
 
     # -- connection life cycle -----------------------------------------------------
     def connected(self, proto: WireClientProtocol) -> None:
@@ -145,7 +150,7 @@ class ChatClient:
         self.rooms.clear()  # membership may change while we are away: ask again
         bye = proto.bye
         if bye is not None and bye.code in FATAL_BYE:
-            self.emit(ev.Error(f"disconnected by the server: {bye.message}", code=bye.code))
+            self.emit(ev.Error(_farewell(self.user, bye), code=bye.code))
             self._stop(1)
         elif self.logged_in_once and not self.quitting:
             self.emit(ev.Status("disconnected"))
@@ -178,7 +183,8 @@ class ChatClient:
     def _prekeys_low(self, msg: wire.PrekeysLow) -> None:
         # (During set-up the login itself tops up every backend from a fresh count.)
         if self.proto is not None and not self._in_setup:
-            self._run(self.account.publish(self.proto, msg.backend, msg.remaining))
+            self._run(self.account.publish(self.proto, msg.backend, msg.remaining),
+                      "(publishing prekeys)")  # fmt: skip
 
     def _contact_update(self, msg: wire.ContactUpdate) -> None:
         self.emit(ev.Contact(user=msg.user, state=msg.state))
@@ -227,7 +233,7 @@ class ChatClient:
         return self.welcome.default_backend if self.welcome is not None else DEFAULT_BACKEND
 
     def send_text(self, target: str, text: str) -> None:
-        self._serial(lambda: self._send_text(target, text))
+        self._serial(lambda: self._send_text(target, text), f"/msg {target}")
 
     async def _send_text(self, target: str, text: str) -> None:
         """Durable first: the message is in the saved outbox before any network step; then
@@ -260,40 +266,43 @@ class ChatClient:
             self._stop(0)
 
     # -- IChatController -------------------------------------------------------------
-    def _ask(self, cls: type[wire.Message], render: Callable[[Any], None], **f: Any) -> None:
+    def _ask(
+        self, cls: type[wire.Message], render: Callable[[Any], None], command: str, **f: Any
+    ) -> None:
         async def go() -> None:
             render(await self._need_proto().request(cls, **f))
 
-        self._serial(go)
+        self._serial(go, command)
 
     def who(self) -> None:
-        self._ask(wire.Who, lambda r: self.emit(ev.Who(users=list(r.users))))
+        self._ask(wire.Who, lambda r: self.emit(ev.Who(users=list(r.users))), "/who")
 
     def contacts(self) -> None:
         def show(r: wire.Contacts) -> None:
             self.emit(ev.Contacts(contacts=[{"user": c.user, "state": c.state}
                                             for c in r.contacts]))  # fmt: skip
 
-        self._ask(wire.ContactList, show)
+        self._ask(wire.ContactList, show, "/contacts")
 
     def contact(self, action: str, user: str) -> None:
         cls = {"add": wire.ContactRequest, "accept": wire.ContactAccept,
                "remove": wire.ContactRemove}[action]  # fmt: skip
-        self._ask(cls, lambda r: self.emit(ev.Contact(user=r.user, state=r.state)), user=user)
+        self._ask(cls, lambda r: self.emit(ev.Contact(user=r.user, state=r.state)),
+                  f"/contact {action} {user}", user=user)  # fmt: skip
 
     def join(self, room: str) -> None:
         def joined(r: wire.Room) -> None:
             self.rooms[r.room] = set(r.members)
             self.emit(ev.Room(room=r.room, members=sorted(r.members), joined=True))
 
-        self._ask(wire.RoomJoin, joined, room=room)
+        self._ask(wire.RoomJoin, joined, f"/join {room}", room=room)
 
     def leave(self, room: str) -> None:
         def left(_: wire.Message) -> None:
             self.rooms.pop(room, None)
             self.emit(ev.Room(room=room, joined=False))
 
-        self._ask(wire.RoomLeave, left, room=room)
+        self._ask(wire.RoomLeave, left, f"/leave {room}", room=room)
 
     def verify(self, user: str) -> None:
         async def go() -> None:
@@ -308,7 +317,7 @@ class ChatClient:
                 self.keystore.save()
             self.emit(ev.Verify(**self.sessions.verify_info(user)))
 
-        self._serial(go)
+        self._serial(go, f"/verify {user}")
 
     def trust(self, user: str) -> None:
         async def go() -> None:
@@ -316,16 +325,16 @@ class ChatClient:
                 self.sessions.trust(user)
             except KeyError:
                 self.emit(ev.Error(f"no key pinned for {user}: /verify {user} first",
-                                   code="not-pinned", command="/trust"))  # fmt: skip
+                                   code="not-pinned", command=f"/trust {user}"))  # fmt: skip
                 return
             except TrustError as e:
-                self.emit(ev.Error(str(e), code="not-shown", command="/trust"))
+                self.emit(ev.Error(str(e), code="not-shown", command=f"/trust {user}"))
                 return
             self.keystore.save()
             self.emit(ev.Info(f"{user} is now verified", user=user, verified=True))
             self.sender.pump()
 
-        self._serial(go)
+        self._serial(go, f"/trust {user}")
 
     def backend(self, name: str | None) -> None:
         async def go() -> None:
@@ -336,22 +345,24 @@ class ChatClient:
                                   backend=current, allowed=allowed))  # fmt: skip
             elif name not in allowed:
                 self.emit(ev.Error(f"backend {name!r} is not allowed: {', '.join(allowed)}",
-                                   code="backend-not-allowed", command="/backend"))  # fmt: skip
+                                   code="backend-not-allowed",
+                                   command=f"/backend {name}"))  # fmt: skip
             else:
                 self.chosen_backend = name
                 self.emit(ev.Info(f"new sessions use {name}", backend=name))
 
-        self._serial(go)
+        self._serial(go, "/backend" if name is None else f"/backend {name}")
 
     def admin_users(self) -> None:
         def show(r: wire.AdminUsers) -> None:
             self.emit(ev.Users(users=[{"user": u.user, "role": u.role, "online": u.online}
                                       for u in r.users]))  # fmt: skip
 
-        self._ask(wire.AdminList, show)
+        self._ask(wire.AdminList, show, "/users")
 
     def admin_kick(self, user: str) -> None:
-        self._ask(wire.AdminKick, lambda _: self.emit(ev.Info(f"kicked {user}")), user=user)
+        self._ask(wire.AdminKick, lambda _: self.emit(ev.Info(f"kicked {user}")),
+                  f"/kick {user}", user=user)  # fmt: skip
 
     def admin_add_user(self, user: str, admin: bool) -> None:
         """Create ``user`` with a fresh random password, shown once, here only: the admin
@@ -362,14 +373,24 @@ class ChatClient:
         text = (f"added {user} (role {role}); one-time password: {password} "
                 f"(give it to {user} over a safe channel)")  # fmt: skip
         info = ev.Info(text, user=user, password=password)
-        self._ask(wire.AdminAddUser, lambda _: self.emit(info), user=user, role=role,
-                  password=password)  # fmt: skip
+        self._ask(wire.AdminAddUser, lambda _: self.emit(info), f"/user add {user}", user=user,
+                  role=role, password=password)  # fmt: skip
 
     def admin_remove_user(self, user: str) -> None:
         self._ask(wire.AdminRemoveUser, lambda _: self.emit(ev.Info(f"removed {user}", user=user)),
-                  user=user)  # fmt: skip
+                  f"/user remove {user}", user=user)  # fmt: skip
 
     def quit(self) -> None:
         """Stop after sends already typed are encrypted and accepted by the server."""
         self.quitting = True
         self._lock.run(succeed, None).addBoth(lambda _: self._maybe_finish())
+
+
+def _farewell(user: str, bye: wire.Bye) -> str:
+    """The one line for a session the server ended for good (the client stops, exit 1)."""
+    if bye.code == wire.E_REPLACED:
+        # One live session per user: the newer login wins, and the older client must not
+        # reconnect (it would push the new one out in turn).
+        return (f"disconnected: {user} logged in again from another client or device, which "
+                "replaces this session (one connection per user); this client stops")
+    return f"disconnected by the server: {bye.message}"

@@ -38,6 +38,11 @@ HELP = """\
 A line (command or message) may be at most 16384 bytes of UTF-8; a longer line, or one
 that is not UTF-8, is refused whole and nothing of it is sent."""
 
+#: The ``command`` of an error about a line refused before it was parsed, and of one about
+#: a plain (non-command) line.
+INPUT = "(input)"
+PLAIN = "(message)"
+
 #: Longest accepted input line in bytes (without the newline); the README and /help say so.
 MAX_LINE = 16 * 1024
 
@@ -143,21 +148,23 @@ class ConsoleProtocol(Protocol):
     def _too_long(self) -> None:
         self._skipping = True
         self._error(f"line too long (at most {MAX_LINE} bytes): nothing of it was sent",
-                    code="line-too-long")  # fmt: skip
+                    code="line-too-long", command=INPUT)  # fmt: skip
 
     def lineReceived(self, line: bytes) -> None:
         """One command or one message."""
         try:
             text = line.decode("utf-8").rstrip("\r")
         except UnicodeDecodeError:
-            self._error("line is not UTF-8: nothing of it was sent", code="not-utf8")
+            self._error("line is not UTF-8: nothing of it was sent", code="not-utf8",
+                        command=INPUT)  # fmt: skip
             return
         if not text.strip():
             return
         if text.startswith("/"):
             self._command(text)
         elif self.target is None:
-            self._error("no conversation chosen: use /chat USER or /msg USER TEXT")
+            self._error("no conversation chosen: use /chat USER or /msg USER TEXT",
+                        code="no-target", command=PLAIN)  # fmt: skip
         else:
             self.controller.send_text(self.target, text)
 
@@ -184,11 +191,12 @@ class ConsoleProtocol(Protocol):
         elif action == "add" and len(words) in (1, 2) and words[1:] in ([], ["admin"]):
             self.controller.admin_add_user(words[0], len(words) == 2)
         else:
-            self._error("usage: /user add NAME [admin] | /user remove NAME")
+            self._error("usage: /user add NAME [admin] | /user remove NAME",
+                        code="bad-argument", command=f"/user {action}")  # fmt: skip
 
-    def _error(self, text: str, code: str = "bad-input") -> None:
+    def _error(self, text: str, code: str, command: str) -> None:
         assert self.renderer is not None
-        self.renderer.show(ev.Error(text, code=code))
+        self.renderer.show(ev.Error(text, code=code, command=command))
 
     def _command(self, text: str) -> None:
         parts = text.split(maxsplit=2)
@@ -215,7 +223,8 @@ class ConsoleProtocol(Protocol):
         elif name in one_arg and len(args) == 1:
             c_arg = args[0]
             if name in ("/join", "/leave") and not c_arg.startswith("#"):
-                self._error(f"{name} needs a room name starting with #")
+                self._error(f"{name} needs a room name starting with #", code="bad-argument",
+                            command=f"{name} {c_arg}")  # fmt: skip
             else:
                 one_arg[name](c_arg)
         elif name == "/msg" and len(args) == 2:
@@ -231,4 +240,5 @@ class ConsoleProtocol(Protocol):
         elif name == "/backend" and len(args) <= 1:
             c.backend(args[0] if args else None)
         else:
-            self._error(f"bad command {parts[0]!r}: type /help")
+            self._error(f"bad command {parts[0]!r}: type /help", code="bad-command",
+                        command=parts[0])  # fmt: skip

@@ -14,6 +14,7 @@ first time they are looked up under the spelling that made them.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -126,3 +127,32 @@ def locate(
             raise HomeError(f"cannot move the keystore {legacy} to {home}: {e.strerror}") from None
         loc.moved_from = legacy
     return loc
+
+
+LOCK_NAME = "keystore.lock"
+
+
+def lock_home(home: Path) -> int:
+    """Hold ``home``'s keystore for this process's life (an ``flock`` on a file beside it).
+
+    Two clients on one keystore would each save their own copy of the ratchet state, so
+    one would reuse message keys the other already used and undo the other's outbox; the
+    second client is refused with one line instead. The lock ends with the process.
+
+    :returns: the open lock file descriptor (kept open on purpose).
+    """
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = home / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise HomeError(
+            f"the keystore in {home} is in use by another securechat-client (pid {holder}); "
+            "one client per keystore"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from securechat.client.chat import ChatClient
 from securechat.client.console import ConsoleProtocol, Renderer
-from securechat.client.home import HomeError, Location, locate, read_ca
+from securechat.client.home import HomeError, Location, locate, lock_home, read_ca
 from securechat.client.keystore import Keystore, KeystoreError, WrongPassphrase
 from securechat.client.network import LoginFailed, WireClientFactory, describe_failure
 from securechat.client.preflight import password_verdict, refuse_backend, server_policy
@@ -161,10 +161,12 @@ async def open_keystore(s: Settings, loc: Location, endpoint: Any) -> Keystore:
         problem = refuse_backend(welcome, s.backend)
         if problem is not None:
             raise UsageProblem(f"{problem}; nothing was created")
+        _lock(loc)
         identity = IdentityKeyPair.generate()
         return Keystore.create(loc.home, s.passphrase, s.user, identity.private_bytes())
     if not Keystore.exists(loc.home):
         raise UsageProblem(loc.describe_missing(s.user))
+    _lock(loc)
     try:
         ks = Keystore.open(loc.home, s.passphrase)
     except WrongPassphrase:
@@ -196,6 +198,13 @@ def _read_bytes(path: Path | None, what: str) -> bytes | None:
         return path.read_bytes()
     except OSError as e:
         raise UsageProblem(f"cannot read {what} {path}: {e.strerror}") from None
+
+
+def _lock(loc: Location) -> None:
+    try:
+        lock_home(loc.home)  # held until the process ends
+    except HomeError as e:
+        raise UsageProblem(str(e)) from None
 
 
 async def run(reactor: Any, s: Settings) -> None:

@@ -51,6 +51,8 @@ def render_text(event: ev.Event, now: float) -> str:
     draw = _TEXT.get(type(event))
     if draw is not None:
         return draw(stamp, event)
+    if isinstance(event, ev.Error) and event.command:
+        return f"{stamp} ERROR ({safe(event.command)}): {safe(event.text)}"
     if event.kind in ("warning", "error"):
         return f"{stamp} {event.kind.upper()}: {safe(event.text)}"
     return f"{stamp} {safe(event.text)}"

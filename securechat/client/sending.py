@@ -33,7 +33,7 @@ class Sender:
         sessions: SessionManager,
         *,
         emit: Callable[[ev.Event], None],
-        report: Callable[[Failure], None],
+        report: Callable[[Failure, str], None],
         call_later: Callable[[float, Callable[[], None]], object],
         on_idle: Callable[[], None],
         members: Callable[[str], Awaitable[list[str]]],
@@ -198,7 +198,8 @@ class Sender:
             if result.status == wire.STATUS_ERROR:
                 self._emit(ev.Error(
                     f"message to {entry.to} refused: {result.code}", code=result.code,
-                    status="refused", to=to, id=mid, room=entry.room, peer=entry.to,
+                    command=f"/msg {to}", status="refused", to=to, id=mid, room=entry.room,
+                    peer=entry.to,
                 ))  # fmt: skip
             else:
                 self._emit(ev.Sent(to=to, id=mid, status=result.status, peer=entry.to,
@@ -218,4 +219,5 @@ class Sender:
             self._emit(ev.Warning(f"server busy ({err.code}); retrying", code=err.code))
             self._call_later(err.retry_after, self.pump)
         elif not isinstance(err, ConnectionGone):
-            self._report(failure)
+            targets = sorted({e.room or e.to for e in batch})
+            self._report(failure, "/msg " + ",".join(targets))

@@ -306,6 +306,10 @@ def test_commands_send_the_right_requests(net: Net, requests: list[Any]) -> None
     # A plain user is refused the admin commands, as one error event each.
     refusals = [e for e in events if e["type"] == "error"]
     assert len(refusals) == 2 and all("server refused" in e["text"] for e in refusals)
+    # Each says which command it answers, with the server's code.
+    assert [(e["command"], e["code"]) for e in refusals] == [
+        ("/users", "not-permitted"), ("/kick bob", "not-permitted"),
+    ]  # fmt: skip
     assert bob.events("contact")[-1]["state"] == "pending-in"
 
 
@@ -315,6 +319,7 @@ def test_backend_command_shows_and_switches(net: Net, requests: list[Any]) -> No
     info, error, switched = (e for e in alice.events() if e["type"] in ("info", "error"))
     assert (info["backend"], sorted(info["allowed"])) == ("ecdh", ["dh", "ecdh"])
     assert error["type"] == "error" and "rot13" in error["text"]
+    assert (error["command"], error["code"]) == ("/backend rot13", "backend-not-allowed")
     assert switched["backend"] == "dh"
     [send] = [f for u, k, f in requests if u == "alice" and k == "Send"]
     assert send["items"][0].backend == "dh"
@@ -339,7 +344,7 @@ def test_contacts_policy(tmp_path: Path) -> None:
     alice.type("/msg bob not yet")
     assert bob.messages() == []
     [error] = alice.events("error")
-    assert "refused" in error["text"]
+    assert "refused" in error["text"] and error["command"] == "/msg bob" and error["code"]
     alice.type("/contact add bob")
     bob.type("/contact accept alice")
     assert alice.events("contact")[-1]["state"] == "accepted"
@@ -456,6 +461,7 @@ def test_sending_to_a_verified_peer_with_a_changed_key_is_blocked(net: Net) -> N
     alice.type("/msg bob are you still bob?")
     errors = alice.events("error")
     assert "verified identity key changed" in errors[-1]["text"]
+    assert (errors[-1]["command"], errors[-1]["code"]) == ("/msg bob", "blocked")
     warnings = alice.events("warning")
     assert "identity key of bob has changed" in warnings[-1]["text"]
     assert bob.messages() == [("alice", None, "hi")]
@@ -464,6 +470,7 @@ def test_sending_to_a_verified_peer_with_a_changed_key_is_blocked(net: Net) -> N
     assert "verified identity key changed" in alice.events("error")[-1]["text"]
     alice.type("/trust bob")  # never shown: refused
     assert "not the one last shown" in alice.events("error")[-1]["text"]
+    assert alice.events("error")[-1]["command"] == "/trust bob"
     alice.type("/verify bob", "/trust bob", "/msg bob now trusted")
     assert alice.events("sent")[-1]["peer"] == "bob"
 

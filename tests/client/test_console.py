@@ -211,3 +211,23 @@ def test_user_add_and_remove_commands() -> None:
     ]
     errors = [json.loads(line) for line in t.value().splitlines()]
     assert len([e for e in errors if e["type"] == "error"]) == 3
+
+
+def test_every_local_error_has_a_code_and_the_command_it_answers() -> None:
+    """JSON errors carry ``code`` and ``command``; the text mode names the command too."""
+    proto, _, t = console(json_mode=True)
+    feed(proto, "no target yet", "/frobnicate now", "/join ops", "/msg")
+    proto.dataReceived(b"\xff\xfe\n" + b"x" * (MAX_LINE + 1) + b"\n")
+    errors = [json.loads(line) for line in t.value().decode().splitlines()]
+    assert [(e["type"], e["code"], e["command"]) for e in errors] == [
+        ("error", "no-target", "(message)"),
+        ("error", "bad-command", "/frobnicate"),
+        ("error", "bad-argument", "/join ops"),
+        ("error", "bad-command", "/msg"),
+        ("error", "not-utf8", "(input)"),
+        ("error", "line-too-long", "(input)"),
+    ]
+    proto, _, t = console(json_mode=False)
+    feed(proto, "/join ops")
+    text = t.value().decode()
+    assert text.endswith("ERROR (/join ops): /join needs a room name starting with #\n")

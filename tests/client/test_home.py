@@ -90,3 +90,20 @@ def test_explicit_home_is_used_as_is(tmp_path: Path, ca: bytes) -> None:
     loc = locate("alice", "localhost", 8443, ca, tmp_path / "mine")
     assert (loc.home, loc.explicit, loc.moved_from) == (tmp_path / "mine", True, None)
     assert "other keystores" not in loc.describe_missing("alice")
+
+
+def test_one_client_per_keystore(tmp_path: Path) -> None:
+    """A second lock on the same home is refused with the holder's pid."""
+    import os
+
+    from securechat.client.home import lock_home
+
+    fd = lock_home(tmp_path / "home")
+    try:
+        with pytest.raises(
+            HomeError, match=rf"in use by another securechat-client \(pid {os.getpid()}\)"
+        ):
+            lock_home(tmp_path / "home")
+    finally:
+        os.close(fd)
+    os.close(lock_home(tmp_path / "home"))  # free again once the holder is gone

@@ -8,6 +8,7 @@ was created that the mistake should not create.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -181,3 +182,28 @@ def test_admin_refuses_a_password_less_account_without_certificate_login(
     assert add.returncode == 1 and add.stdout == ""
     [line] = add.stderr.splitlines()
     assert line.startswith("securechat-admin: error: refusing to add root without a password")
+
+
+@pytest_twisted.ensureDeferred
+async def test_second_login_replaces_the_first_which_says_so(relay: Relay) -> None:
+    """One connection per user: the older client gets one clear error and exits 1 (it does
+    not reconnect and push the newer one out); a second client on the same keystore is
+    refused before it connects."""
+    r = relay
+    first = r.client("cli-twice", register=True)
+    await first.logged_in()
+    # The same account from a copy of the keystore (another device restored from a backup).
+    copy = r.root / "homes" / "cli-twice-copy"
+    shutil.copytree(r.home("cli-twice"), copy, ignore=shutil.ignore_patterns("*.lock"))
+    second = _spawn(r, "cli-twice-2", *_base(r, "cli-twice", r.password_file("cli-twice")),
+                    "--home", str(copy))  # fmt: skip
+    await second.logged_in()
+    error = await first.expect("error", code="replaced")
+    assert "cli-twice logged in again from another client or device" in error["text"]
+    assert (await first.wait_exit()).code == 1
+    # A third client on the second's keystore while it runs: refused, one line.
+    third = _spawn(r, "cli-twice-3", *_base(r, "cli-twice", r.password_file("cli-twice")),
+                   "--home", str(copy))  # fmt: skip
+    line = _one_line(await third.wait_exit())
+    assert f"the keystore in {copy} is in use by another securechat-client" in line
+    await second.finish()

@@ -378,8 +378,9 @@ async def test_command_line_failures(contacts_relay: Relay) -> None:
     other_ca = r.root / "other-ca.pem"
     other_ca.write_bytes(_cert_pem(_make_ca()[0]))
     pp = r.password_file("dave")  # the keystore passphrase stays right for the second case
+    # One client per keystore: dave's two cases run one after the other.
+    first_line = _one_line(await r.client("dave", password="not dave's password").wait_exit())
     runs = {
-        "keystore passphrase": r.client("dave", password="not dave's password"),
         "server password": r.client(
             "dave", password="not dave's password", extra=("--passphrase-file", str(pp))
         ),
@@ -388,6 +389,7 @@ async def test_command_line_failures(contacts_relay: Relay) -> None:
         "no such user": r.client("gina", extra=()),
     }
     lines = {what: _one_line(await c.wait_exit()) for what, c in runs.items()}
+    lines["keystore passphrase"] = first_line
     # The password opens the keystore too: a wrong one is the server's refusal, not the file's.
     assert "login refused: wrong user name or password" in lines["keystore passphrase"]
     assert "login refused: wrong user name or password" in lines["server password"]

@@ -120,7 +120,8 @@ class Sender:
         self.outbox.remove([entry.mid])
         self._emit(ev.Error(
             f"message to {entry.room or entry.to} not sent: {why}", code=code, status="failed",
-            to=entry.room or entry.to, id=entry.mid.hex(), room=entry.room, peer=entry.to,
+            command=f"/msg {entry.room or entry.to}", to=entry.room or entry.to,
+            id=entry.mid.hex(), room=entry.room, peer=entry.to,
         ))  # fmt: skip
 
     async def _split_room(self, entry: OutboxEntry) -> None:
@@ -167,7 +168,7 @@ class Sender:
         in flight, in batches."""
         d = ensureDeferred(self.prepare())
         d.addCallback(lambda _: self._send_batches())
-        d.addErrback(self._report)
+        d.addErrback(self._report, "/msg")
 
     def _send_batches(self) -> None:
         proto = self.proto

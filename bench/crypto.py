@@ -4,8 +4,10 @@ Run ``python -m bench.crypto``. For each backend it prints
 
 * the cost of a full handshake (``handshake.initiate`` + ``handshake.respond``; prekeys are
   generated ahead, as clients do) next to the summed cost of the primitive operations the two
-  sides perform (2 Ed25519 verifies, 1 Ed25519 sign, 2 encapsulations, 2 decapsulations, 1
-  ratchet key generation, 1 ratchet-key validation), each measured raw with ``cryptography``;
+  sides perform in handshake v2 (2 Ed25519 verifies, 1 Ed25519 sign, 3 encapsulations and 3
+  decapsulations: identity KEM, signed and one-time prekey, 1 ratchet key generation, 1
+  ratchet-key validation, 2 SHA-256 transcript hashes, the KDFs), each measured raw with
+  ``cryptography``;
 * then the cost of a ratchet encrypt + decrypt of 256 bytes through the Session API
   (symmetric step, no new turn) next to one raw X25519 exchange.
 
@@ -29,7 +31,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from securechat.crypto import prekeys
 from securechat.crypto.dh import silence_ffdh_deprecation
-from securechat.crypto.handshake import v1 as handshake
+from securechat.crypto.handshake import v2 as handshake
 from securechat.crypto.identity import IdentityKeyPair
 from securechat.crypto.kem import IKem, get_kem
 from securechat.crypto.session import Session
@@ -69,15 +71,29 @@ def _ed25519_ops(number: int) -> tuple[float, float]:
 def _hkdf_ops(number: int) -> tuple[float, float]:
     """Raw HKDF costs: one DHKEM ``ExtractAndExpand`` (HMAC + HKDF-Expand) and one root HKDF."""
     ikm, salt = os.urandom(32), bytes(32)
-    info = b"securechat-v1 handshake ecdh:x25519"
+    info = b"securechat-v2 root key\x00" + bytes(32)
 
     def dhkem() -> bytes:
         mac = hmac.HMAC(salt, hashes.SHA256())
         mac.update(ikm)
         return HKDFExpand(hashes.SHA256(), 32, info).derive(mac.finalize())
 
-    root = best(lambda: HKDF(hashes.SHA256(), 32, salt, info).derive(ikm * 2), number)
+    root = best(lambda: HKDF(hashes.SHA256(), 32, salt, info).derive(ikm * 3), number)
     return best(dhkem, number), root
+
+
+def _transcript_hash_cost(kem: IKem, number: int) -> float:
+    """One SHA-256 over a transcript-sized input (keys and encapsulations of this backend)."""
+    pair = kem.generate_keypair()
+    size = 4 * len(pair.public) + 3 * len(kem.encapsulate(pair.public)[1]) + 200
+    data = os.urandom(size)
+
+    def digest() -> bytes:
+        h = hashes.Hash(hashes.SHA256())
+        h.update(data)
+        return h.finalize()
+
+    return best(digest, number)
 
 
 def _raw_kem_ops(name: str, params: dict[str, Any], number: int) -> dict[str, float]:
@@ -158,8 +174,8 @@ def _via_backend(kem: IKem, number: int) -> float:
     fresh = kem.rotates_every_turn
     publics = iter([kem.generate_keypair().public if fresh else pair.public for _ in range(calls)])
     ops: list[tuple[int, Callable[[], object]]] = [
-        (2, lambda: kem.encapsulate(pair.public)),
-        (2, lambda: kem.decapsulate(pair.private, next(encs))),
+        (3, lambda: kem.encapsulate(pair.public)),
+        (3, lambda: kem.decapsulate(pair.private, next(encs))),
         (1, lambda: kem.validate_public(next(publics))),
     ]
     if fresh:
@@ -173,7 +189,10 @@ def _via_backend(kem: IKem, number: int) -> float:
 
 def _handshake_cost(kem: IKem, number: int) -> float:
     alice, bob = IdentityKeyPair.generate(), IdentityKeyPair.generate()
-    spk, spk_pair = prekeys.generate_signed_prekey(bob, kem, 1, NOW)
+    ikem = kem.generate_keypair()
+    spk, spk_pair = prekeys.generate_signed_prekey(
+        bob, kem, 1, NOW, prekeys.DEFAULT_LIFETIME, ikem.public
+    )
     [(opk, opk_pair)] = prekeys.generate_one_time_prekeys(kem, 100, 1)
     spk_blob, opk_blob, bob_public = spk.to_bytes(), opk.to_bytes(), bob.public_bytes()
     pool = None if kem.rotates_every_turn else kem.generate_keypair()
@@ -181,8 +200,9 @@ def _handshake_cost(kem: IKem, number: int) -> float:
     def full() -> None:
         result = handshake.initiate(kem, alice, bob_public, spk_blob, opk_blob, NOW, pool)
         handshake.respond(
-            kem, bob, result.message_bytes, lambda i: (spk, spk_pair), lambda i: opk_pair, NOW
-        )
+            kem, bob, ikem, result.message_bytes, lambda i: (spk, spk_pair),
+            lambda i: opk_pair, lambda i, th: False, NOW,
+        )  # fmt: skip
 
     return best(full, number)
 
@@ -190,16 +210,19 @@ def _handshake_cost(kem: IKem, number: int) -> float:
 def _ratchet_step_cost(number: int) -> float:
     kem = get_kem("ecdh", {"curve": "x25519"})
     alice_id, bob_id = IdentityKeyPair.generate(), IdentityKeyPair.generate()
-    spk, spk_pair = prekeys.generate_signed_prekey(bob_id, kem, 1, NOW)
+    ikem = kem.generate_keypair()
+    spk, spk_pair = prekeys.generate_signed_prekey(
+        bob_id, kem, 1, NOW, prekeys.DEFAULT_LIFETIME, ikem.public
+    )
     alice = Session.initiate(
         kem=kem, identity=alice_id, local_user="alice", peer_user="bob",
         peer_identity=bob_id.public_bytes(), signed_prekey=spk.to_bytes(), clock=lambda: NOW,
     )  # fmt: skip
-    bob, *_ = Session.respond(
-        alice.encrypt(b"hi"), kem=kem, identity=bob_id, local_user="bob",
+    bob = Session.respond(
+        alice.encrypt(b"hi"), kem=kem, identity=bob_id, identity_kem=ikem, local_user="bob",
         find_signed_prekey=lambda i: (spk, spk_pair), find_one_time_prekey=lambda i: None,
-        clock=lambda: NOW,
-    )  # fmt: skip
+        replayed=lambda i, th: False, clock=lambda: NOW,
+    ).session  # fmt: skip
     alice.decrypt(bob.encrypt(b"turn"))
     bob.decrypt(alice.encrypt(b"turn"))
     plaintext = os.urandom(256)
@@ -218,17 +241,18 @@ def main() -> None:
         slow = name != "ecdh"
         number = 10 if slow else 300
         raw = _raw_kem_ops(name, params, number)
-        kdfs = 2 * root_kdf + (0 if name == "rsa" else 4 * dhkem_kdf)
+        kdfs = 2 * root_kdf + (0 if name == "rsa" else 6 * dhkem_kdf)
+        transcript = 2 * _transcript_hash_cost(kem, number)
         primitives = (
-            2 * verify + sign + 2 * raw["encaps"] + 2 * raw["decaps"] + raw["keygen"]
-            + raw["validate"] + kdfs
+            2 * verify + sign + 3 * raw["encaps"] + 3 * raw["decaps"] + raw["keygen"]
+            + raw["validate"] + kdfs + transcript
         )  # fmt: skip
         cost = _handshake_cost(kem, number)
         via = _via_backend(kem, number)
         label = f"{kem.name}:{kem.params}"
         ratio = cost / primitives
-        protocol = cost - via - 2 * verify - sign - 2 * root_kdf
-        kem_raw = primitives - 2 * verify - sign - 2 * root_kdf
+        protocol = cost - via - 2 * verify - sign - 2 * root_kdf - transcript
+        kem_raw = primitives - 2 * verify - sign - 2 * root_kdf - transcript
         print(f"{label:<14}{cost * 1e3:>9.3f}ms{primitives * 1e3:>10.3f}ms{ratio:>7.2f}"
               f"   {'ok  ' if ratio <= 1.5 else 'OVER'}"
               f"            | {via * 1e3:>9.3f}ms ({via / kem_raw:.2f}x raw)"

@@ -574,6 +574,7 @@ async def handshake(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     from securechat.crypto.identity import IdentityKeyPair
     from securechat.crypto.kem import KeyPair, get_kem
     from securechat.crypto.prekeys import (
+        DEFAULT_LIFETIME,
         SignedPrekey,
         generate_one_time_prekeys,
         generate_signed_prekey,
@@ -587,7 +588,10 @@ async def handshake(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     # Untimed preparation: responders' keys (RSA key generation alone is ~0.2 s per key).
     prep_start = time.perf_counter()
     r_identity = IdentityKeyPair.generate()
-    spk, spk_pair = generate_signed_prekey(r_identity, kem, 1, time.time())
+    ikem = kem.generate_keypair()
+    spk, spk_pair = generate_signed_prekey(
+        r_identity, kem, 1, time.time(), DEFAULT_LIFETIME, ikem.public
+    )
     otks = generate_one_time_prekeys(kem, 2, pairs)
     otk_pairs: dict[int, KeyPair] = {otk.key_id: pair for otk, pair in otks}
     responders: list[ChatClient] = []
@@ -618,9 +622,11 @@ async def handshake(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
                     item["payload"],
                     kem=kem_for(env.backend_id(kem)),
                     identity=r_identity,
+                    identity_kem=ikem,
                     local_user=client.name,
                     find_signed_prekey=find_signed,
                     find_one_time_prekey=otk_pairs.get,
+                    replayed=lambda spk_id, th: False,
                 )
             except Exception as e:  # reported, not raised: one failure must not hang the run
                 failures.append(f"{type(e).__name__}: {e}")

@@ -113,7 +113,7 @@ class Account:
 
     async def publish(self, proto: WireClientProtocol, backend: str, have: int | None) -> None:
         """Upload a signed prekey when needed, then top up one-time prekeys."""
-        signed, one_time = self.sessions.prekeys_to_publish(backend, have if have is not None
+        signed, one_time = self.sessions.prekeys.to_publish(backend, have if have is not None
                                                             else 1 << 30)  # fmt: skip
         self.keystore.save()  # private halves are durable before anyone can use them
         reply = await proto.request(
@@ -122,7 +122,7 @@ class Account:
             identity_key=self.sessions.identity.public_bytes(),
         )  # fmt: skip
         assert isinstance(reply, wire.PrekeysStored)
-        _, one_time = self.sessions.prekeys_to_publish(backend, reply.one_time_count)
+        _, one_time = self.sessions.prekeys.to_publish(backend, reply.one_time_count)
         if one_time:
             self.keystore.save()
             await proto.request(

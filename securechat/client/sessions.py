@@ -1,9 +1,10 @@
-"""End-to-end state of one client: prekeys, pinned identities and pairwise sessions.
+"""End-to-end state of one client: pinned identities and pairwise sessions.
 
-This is the only client module that touches :mod:`securechat.crypto`. It keeps every
-secret inside the :class:`~securechat.client.keystore.Keystore` (encrypted at rest) and
-decides trust: the first identity key seen for a peer is pinned (TOFU); a different key
-later is reported, and a peer the user verified is blocked until verified again.
+With :mod:`securechat.client.prekeys` (the keys we publish), this is the only client code
+that touches :mod:`securechat.crypto`. It keeps every secret inside the
+:class:`~securechat.client.keystore.Keystore` (encrypted at rest) and decides trust: the
+first identity key seen for a peer is pinned (TOFU); a different key later is reported, and
+a peer the user verified is blocked until verified again.
 """
 
 from __future__ import annotations
@@ -17,29 +18,22 @@ from typing import Any
 import cbor2
 
 from securechat.client.keystore import Keystore, Pin
+from securechat.client.prekeys import PrekeyStore
 from securechat.crypto import envelope as env
-from securechat.crypto.backends import DEFAULT_BACKEND, SPECS, spec
+from securechat.crypto.backends import DEFAULT_BACKEND
 from securechat.crypto.errors import CryptoError, DuplicateMessage
+from securechat.crypto.header import PROTOCOL_VERSION
 from securechat.crypto.identity import (
     IdentityKeyPair,
     fingerprint,
     format_safety_number,
     safety_number,
 )
-from securechat.crypto.kem import IKem, KemError, KeyPair, get_kem, kem_for_id
-from securechat.crypto.prekeys import (
-    SIGNED_PREKEY_GRACE,
-    SignedPrekey,
-    generate_one_time_prekeys,
-    generate_signed_prekey,
-)
+from securechat.crypto.kem import IKem, KemError, kem_for_id
+from securechat.crypto.prekeys import SignedPrekey
 from securechat.crypto.session import Session
 
 __all__ = ["DEFAULT_BACKEND", "Received", "SessionManager", "TrustError", "kem_for"]
-
-#: One-time prekeys to keep published per backend, from the specs (RSA keys are slow to make).
-ONE_TIME_TARGET = {name: backend.one_time_target for name, backend in SPECS.items()}
-SIGNED_PREKEY_LIFETIME = 30 * 24 * 3600
 
 
 class TrustError(Exception):
@@ -95,83 +89,25 @@ class SessionManager:
         self.identity = IdentityKeyPair.from_private_bytes(keystore.state.identity_private)
         self.clock = clock
         self._kems: dict[str, IKem] = {}
+        #: The keys we publish: signed, one-time and identity KEM prekeys, replay caches.
+        self.prekeys = PrekeyStore(keystore.state, self.identity, clock, self._kems)
+        self._migrate()
 
-    # -- keys we publish ----------------------------------------------------------
+    def _migrate(self) -> None:
+        """Sessions saved before protocol v2 (handshake v2, message-id-keyed envelopes) cannot
+        go on: they are dropped and the next message starts a v2 session. Old signed prekeys
+        are replaced at the next publish (:meth:`PrekeyStore.to_publish`)."""
+        if self.state.counters.get("protocol", 1) >= PROTOCOL_VERSION:
+            return
+        self.state.sessions.clear()
+        for name in ("archive", "chains"):
+            self.state.extra.pop(name, None)
+        self.state.counters["protocol"] = PROTOCOL_VERSION
+
     def _kem(self, backend_id: str) -> IKem:
         if backend_id not in self._kems:
             self._kems[backend_id] = kem_for(backend_id)
         return self._kems[backend_id]
-
-    def local_kem(self, name: str) -> IKem:
-        """Our KEM for backend ``name`` with the client's default parameters."""
-        kem = get_kem(name, spec(name).client_params)
-        return self._kems.setdefault(env.backend_id(kem), kem)
-
-    def _next_id(self) -> int:
-        value = self.state.counters.get("prekey_id", 1)
-        self.state.counters["prekey_id"] = value + 1
-        return value
-
-    def prekeys_to_publish(
-        self, backend: str, have_one_time: int | None
-    ) -> tuple[bytes | None, list[tuple[int, bytes]]]:
-        """What to upload for ``backend``: a signed prekey if ours is missing or ageing, and
-        enough one-time prekeys to get back to the target. Private halves go to the keystore.
-        """
-        kem = self.local_kem(backend)
-        bid = env.backend_id(kem)
-        now = self.clock()
-        signed: bytes | None = None
-        current = self._current_signed(bid)
-        if current is None or current.expires - now < SIGNED_PREKEY_LIFETIME / 2:
-            record, pair = generate_signed_prekey(
-                self.identity, kem, self._next_id(), now, SIGNED_PREKEY_LIFETIME
-            )
-            self.state.prekeys[f"spk:{bid}:{record.key_id}"] = _pack(record.to_bytes(), pair)
-            self.state.extra[f"current_spk:{bid}"] = record.key_id
-            signed = record.to_bytes()
-            self._forget_expired_signed(bid, now)
-        have = 0 if have_one_time is None else have_one_time
-        wanted = max(0, ONE_TIME_TARGET[backend] - have)
-        one_time: list[tuple[int, bytes]] = []
-        if wanted:
-            first = self.state.counters.get("prekey_id", 1)
-            self.state.counters["prekey_id"] = first + wanted
-            for otk, pair in generate_one_time_prekeys(kem, first, wanted):
-                self.state.prekeys[f"otk:{bid}:{otk.key_id}"] = _pack(otk.to_bytes(), pair)
-                one_time.append((otk.key_id, otk.to_bytes()))
-        return signed, one_time
-
-    def _forget_expired_signed(self, bid: str, now: float) -> None:
-        """Delete signed-prekey private keys past expiry plus the handshake grace period: a
-        first message without a one-time prekey depends on them, so keeping them forever
-        would let a stolen keystore open such messages however old (forward secrecy)."""
-        for name in [k for k in self.state.prekeys if k.startswith(f"spk:{bid}:")]:
-            record = SignedPrekey.from_bytes(_unpack(self.state.prekeys[name])[0])
-            if record.expires + SIGNED_PREKEY_GRACE < now:
-                del self.state.prekeys[name]
-
-    def _current_signed(self, bid: str) -> SignedPrekey | None:
-        key_id = self.state.extra.get(f"current_spk:{bid}")
-        blob = self.state.prekeys.get(f"spk:{bid}:{key_id}")
-        return None if blob is None else SignedPrekey.from_bytes(_unpack(blob)[0])
-
-    def _find_signed(self, bid: str) -> Callable[[int], tuple[SignedPrekey, KeyPair] | None]:
-        def find(key_id: int) -> tuple[SignedPrekey, KeyPair] | None:
-            blob = self.state.prekeys.get(f"spk:{bid}:{key_id}")
-            if blob is None:
-                return None
-            record, pair = _unpack(blob)
-            return SignedPrekey.from_bytes(record), pair
-
-        return find
-
-    def _find_one_time(self, bid: str) -> Callable[[int], KeyPair | None]:
-        def find(key_id: int) -> KeyPair | None:
-            blob = self.state.prekeys.get(f"otk:{bid}:{key_id}")
-            return None if blob is None else _unpack(blob)[1]
-
-        return find
 
     # -- trust ---------------------------------------------------------------------
     def observe_identity(self, peer: str, key: bytes) -> str | None:
@@ -382,18 +318,23 @@ class SessionManager:
         if session is None:
             if header.handshake is None:
                 raise CryptoError(f"no session with {sender} for this message")
-            bid = header.backend
-            session, _, plaintext, consumed = Session.respond(
-                payload, kem=self._kem(bid), identity=self.identity, local_user=self.user,
-                find_signed_prekey=self._find_signed(bid),
-                find_one_time_prekey=self._find_one_time(bid), clock=self.clock,
+            bid, keys = header.backend, self.prekeys
+            done = Session.respond(
+                payload, kem=self._kem(bid), identity=self.identity,
+                identity_kem=keys.identity_kem(bid), local_user=self.user,
+                find_signed_prekey=keys.find_signed(bid),
+                find_one_time_prekey=keys.find_one_time(bid), replayed=keys.replayed(bid),
+                clock=self.clock,
             )  # fmt: skip
-            if consumed is not None:
-                self.state.prekeys.pop(f"otk:{bid}:{consumed}", None)
+            session, plaintext = done.session, done.plaintext
         quarantined = self._quarantine(sender, session.peer_identity)
         if quarantined is not None:
             return None, [quarantined]
         if fresh:
+            # Only now is the first message accepted: its one-time prekey is used up and its
+            # transcript joins the replay cache (a quarantined one changes nothing).
+            keys.accepted(bid, done.consumed_one_time_prekey, done.signed_prekey_id,
+                          done.transcript_hash)  # fmt: skip
             warning = self.observe_identity(sender, session.peer_identity)
             if warning:
                 warnings.append(warning)
@@ -477,11 +418,3 @@ class SessionManager:
             chains[peer] = [header.ratchet_pub, header.n]
         return missing
 
-
-def _pack(record: bytes, pair: KeyPair) -> bytes:
-    return bytes(cbor2.dumps([record, pair.public, pair.private]))
-
-
-def _unpack(blob: bytes) -> tuple[bytes, KeyPair]:
-    record, public, private = cbor2.loads(blob)
-    return bytes(record), KeyPair(bytes(public), bytes(private))

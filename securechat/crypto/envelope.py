@@ -9,10 +9,14 @@ sent in clear and authenticated as associated data.
 
 Why these choices:
 
-* AES-256-GCM with key *and* nonce derived from the message key through HKDF-Expand (RFC 5869):
-  the Double Ratchet spec (section 5.2) allows an AEAD in place of CBC+HMAC only if the message
-  key is never reused; each message key encrypts exactly one message, so the fixed derivation
-  never repeats a (key, nonce) pair.
+* AES-256-GCM with key *and* nonce derived through HKDF-Expand (RFC 5869) from the message
+  key **and the message's random 16-byte id** (the ``id`` header field, authenticated as
+  associated data). The Double Ratchet spec (section 5.2) allows an AEAD in place of CBC+HMAC
+  only if a message key is never reused; that holds for one process, but two processes on
+  copies of one keystore (a forked or restored backup) derive the same message key for the
+  same counter. With the id mixed in they still get different AES keys and nonces (two ids
+  collide with probability 2^-128), so they never encrypt two plaintexts under one key and
+  nonce (which would give ``c1 xor c2 = m1 xor m2`` and leak the GHASH key).
 * Associated data ``u16 len || IK_sender || u16 len || IK_recipient || header``: X3DH section
   3.3 binds both identity keys, and the length prefixes make the concatenation unambiguous
   (Double Ratchet section 3.4, ``CONCAT``).
@@ -78,7 +82,7 @@ MAX_PADDED: Final = 64 * LARGE_STEP
 #: The largest plaintext: one byte of every bucket is taken by the 0x80 marker.
 MAX_PLAINTEXT: Final = MAX_PADDED - 1
 TAG_SIZE: Final = 16
-_ENVELOPE_INFO: Final = b"securechat-v1 envelope"
+_ENVELOPE_INFO: Final = b"securechat-v2 envelope\x00"
 _SHA256 = hashes.SHA256()
 
 
@@ -110,15 +114,20 @@ def unpad(padded: bytes) -> bytes:
     return stripped[:-1]
 
 
-def message_key_material(message_key: bytes) -> tuple[bytes, bytes]:
-    """``(aes_key, nonce)`` = HKDF-Expand-SHA256(PRK = mk, info, 44 bytes) split 32/12.
+def message_key_material(message_key: bytes, message_id: bytes) -> tuple[bytes, bytes]:
+    """``(aes_key, nonce)`` = HKDF-Expand-SHA256(PRK = mk, info = label || id, 44) split 32/12.
 
     The Double Ratchet spec (section 5.2) requires both key and nonce to come from mk when an
-    AEAD replaces its CBC+HMAC recommendation. mk is an HMAC-SHA256 output under a secret
-    chain key, i.e. already a uniformly random pseudorandom key, so HKDF's Extract step is
-    skipped as RFC 5869 section 3.3 allows; that halves the cost of this per-message step.
+    AEAD replaces its CBC+HMAC recommendation; the message id makes them differ for two
+    messages that share a message key (see the module docstring). mk is an HMAC-SHA256 output
+    under a secret chain key, i.e. already a uniformly random pseudorandom key, so HKDF's
+    Extract step is skipped as RFC 5869 section 3.3 allows (HKDF-Expand is a PRF of ``info``).
+
+    :raises ValueError: ``message_id`` is not :data:`MESSAGE_ID_SIZE` bytes.
     """
-    okm = HKDFExpand(_SHA256, 44, _ENVELOPE_INFO).derive(message_key)
+    if len(message_id) != MESSAGE_ID_SIZE:
+        raise ValueError(f"message id must be {MESSAGE_ID_SIZE} bytes")
+    okm = HKDFExpand(_SHA256, 44, _ENVELOPE_INFO + message_id).derive(message_key)
     return okm[:32], okm[32:]
 
 
@@ -142,25 +151,31 @@ def associated_data(ik_sender: bytes, ik_recipient: bytes, header_bytes: bytes) 
     return identity_prefix(ik_sender, ik_recipient) + header_bytes
 
 
-def seal(message_key: bytes, header_bytes: bytes, plaintext: bytes, ad_prefix: bytes) -> bytes:
+def seal(
+    message_key: bytes, message_id: bytes, header_bytes: bytes, plaintext: bytes, ad_prefix: bytes
+) -> bytes:
     """Pad, encrypt and frame one message: returns the envelope bytes.
 
+    :param message_id: the ``id`` field of ``header_bytes``.
     :param ad_prefix: :func:`identity_prefix` of (sender, recipient).
     """
-    key, nonce = message_key_material(message_key)
+    key, nonce = message_key_material(message_key, message_id)
     ciphertext = AESGCM(key).encrypt(nonce, pad(plaintext), ad_prefix + header_bytes)
     return encode_envelope(header_bytes, ciphertext)
 
 
 def open_envelope(
-    message_key: bytes, header_bytes: bytes, ciphertext: bytes, ad_prefix: bytes
+    message_key: bytes, message_id: bytes, header_bytes: bytes, ciphertext: bytes,
+    ad_prefix: bytes,
 ) -> bytes:
     """Authenticate and decrypt; return the unpadded plaintext.
 
+    :param message_id: the ``id`` field of the (not yet authenticated) ``header_bytes``; a
+        changed id gives another key, so the tag fails.
     :param ad_prefix: :func:`identity_prefix` of (sender, recipient).
     :raises AuthenticationFailed: if the tag does not verify (any altered bit, wrong key).
     """
-    key, nonce = message_key_material(message_key)
+    key, nonce = message_key_material(message_key, message_id)
     try:
         padded = AESGCM(key).decrypt(nonce, ciphertext, ad_prefix + header_bytes)
     except InvalidTag:
@@ -185,7 +200,7 @@ def encode_envelope(header_bytes: bytes, ciphertext: bytes) -> bytes:
 def split_envelope(data: bytes) -> tuple[bytes, bytes]:
     """``(header_bytes, ciphertext)`` after checking the framing and the ciphertext size."""
     if len(data) < 3 or data[0] != ENVELOPE_FORMAT:
-        raise MalformedEnvelope("not a version-1 envelope")
+        raise MalformedEnvelope("not a securechat envelope (unknown framing byte)")
     header_len = int.from_bytes(data[1:3], "big")
     if header_len > MAX_HEADER or len(data) < 3 + header_len:
         raise MalformedEnvelope("bad header length")

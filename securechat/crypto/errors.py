@@ -91,3 +91,7 @@ class BadTranscriptSignature(HandshakeError):
 
 class BackendMismatch(HandshakeError):
     """The key-agreement backend of the prekey or message is not the expected one."""
+
+
+class ReplayedHandshake(HandshakeError):
+    """A first message already accepted once under the same signed prekey (a replay)."""

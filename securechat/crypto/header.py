@@ -8,7 +8,7 @@ Keys and meaning:
 ====== ======= ===========================================================================
 key    type    meaning
 ====== ======= ===========================================================================
-v      uint    protocol version (1)
+v      uint    protocol version (2: handshake v2, message-id-keyed AEAD)
 be     text    backend, ``name:params`` of the KEM (e.g. ``ecdh:x25519``)
 from   text    sender user name
 to     text    recipient user name
@@ -50,7 +50,7 @@ __all__ = [
     "encode_header_fields",
 ]
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 MESSAGE_ID_SIZE: Final = 16
 MAX_HEADER: Final = 16384
 _MAX_NAME: Final = 256
@@ -188,8 +188,9 @@ class HeaderEncoder:
         )
         hs = b"" if handshake is None else b"\x62hs" + _head(2, len(handshake)) + handshake
         self._after_n = b"".join(
-            (b"\x61v\x01\x62be", _text(backend), b"\x62ct", _head(2, len(kem_ct)), kem_ct, hs)
-        )
+            (b"\x61v", bytes((PROTOCOL_VERSION,)), b"\x62be", _text(backend), b"\x62ct",
+             _head(2, len(kem_ct)), kem_ct, hs)
+        )  # fmt: skip
         self._after_id = b"".join(
             (b"\x62pn", _head(0, pn), b"\x62rp", _head(2, len(ratchet_pub)), ratchet_pub,
              b"\x62to", _text(recipient))
@@ -350,6 +351,10 @@ def check_fields(fields: dict[Any, Any]) -> None:
         fields["ts"],
     )
     room, hs = fields.get("room", ""), fields.get("hs", b"x")
+    if v == 1:
+        raise MalformedEnvelope(
+            "envelope of protocol v1, no longer accepted: the sender must upgrade securechat"
+        )
     if not (
         type(v) is int
         and v == PROTOCOL_VERSION

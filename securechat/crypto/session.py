@@ -26,7 +26,7 @@ import hmac
 import os
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import cbor2
 from cryptography.hazmat.primitives import hashes
@@ -37,22 +37,34 @@ from securechat.crypto.errors import (
     MalformedState,
     SessionMismatch,
 )
-from securechat.crypto.handshake import v1 as handshake
+from securechat.crypto.handshake import v2 as handshake
 from securechat.crypto.header import HeaderDecoder
 from securechat.crypto.identity import IdentityKeyPair
 from securechat.crypto.kem import IKem, KeyPair
 from securechat.crypto.prekeys import SignedPrekey
 from securechat.crypto.ratchet import Ratchet, RatchetHeader
 
-__all__ = ["Session"]
+__all__ = ["Responded", "Session"]
 
-_STATE_VERSION: Final = 1
+#: 2 since handshake v2 and the message-id-keyed envelope; older saved sessions do not load.
+_STATE_VERSION: Final = 2
 
 
 def _digest(data: bytes) -> bytes:
     h = hashes.Hash(hashes.SHA256())
     h.update(data)
     return h.finalize()
+
+
+class Responded(NamedTuple):
+    """What :meth:`Session.respond` gives (see there)."""
+
+    session: Session
+    header: env.Header
+    plaintext: bytes
+    consumed_one_time_prekey: int | None
+    signed_prekey_id: int
+    transcript_hash: bytes
 
 
 class Session:
@@ -137,18 +149,23 @@ class Session:
         *,
         kem: IKem,
         identity: IdentityKeyPair,
+        identity_kem: KeyPair | None,
         local_user: str,
         find_signed_prekey: Callable[[int], tuple[SignedPrekey, KeyPair] | None],
         find_one_time_prekey: Callable[[int], KeyPair | None],
+        replayed: Callable[[int, bytes], bool],
         rng: Callable[[int], bytes] = os.urandom,
         clock: Callable[[], float] = time.time,
         grace: float = handshake.DEFAULT_GRACE,
-    ) -> tuple[Session, env.Header, bytes, int | None]:
+    ) -> Responded:
         """Set up the responder's session from an envelope whose header carries ``hs``.
 
-        :returns: ``(session, header, plaintext, one_time_prekey_id_to_delete)``. Delete the
-            one-time prekey (if not None) and compare the returned session's
-            ``peer_identity`` with the pinned key before showing the message.
+        :param identity_kem: our identity KEM key pair for ``kem``.
+        :param replayed: the replay cache, ``(signed_prekey_id, transcript_hash) -> bool``.
+        :returns: the session, the header and plaintext of the first envelope, the one-time
+            prekey to delete (if not None), and the signed prekey id and transcript hash to
+            add to that prekey's replay cache. Compare the session's ``peer_identity`` with
+            the pinned key before showing the message.
         :raises SessionMismatch: the envelope carries no handshake.
         :raises HandshakeError: any handshake failure (see :func:`handshake.respond`).
         :raises CryptoError: any envelope failure, as in :meth:`decrypt`.
@@ -159,8 +176,8 @@ class Session:
         if header.recipient != local_user:
             raise MalformedEnvelope("envelope is addressed to another user")
         result = handshake.respond(
-            kem, identity, header.handshake, find_signed_prekey, find_one_time_prekey,
-            clock(), grace,
+            kem, identity, identity_kem, header.handshake, find_signed_prekey,
+            find_one_time_prekey, replayed, clock(), grace,
         )  # fmt: skip
         session = cls(
             Ratchet.responder(kem, result.root_key, result.message.ratchet_pub, clock),
@@ -175,7 +192,10 @@ class Session:
             clock=clock,
         )
         plaintext = session._open(header, header_bytes, ciphertext)
-        return session, header, plaintext, result.consumed_one_time_prekey
+        return Responded(
+            session, header, plaintext, result.consumed_one_time_prekey,
+            result.signed_prekey_id, result.transcript_hash,
+        )  # fmt: skip
 
     def encrypt(
         self,
@@ -205,13 +225,14 @@ class Session:
         encoder = self._encoder
         if encoder is None or encoder.key != key:
             encoder = self._encoder = env.HeaderEncoder(*key)
+        mid = message_id if message_id is not None else self.rng(env.MESSAGE_ID_SIZE)
         header_bytes = encoder.encode(
             ratchet_header.n,
-            message_id if message_id is not None else self.rng(env.MESSAGE_ID_SIZE),
+            mid,
             timestamp_ms if timestamp_ms is not None else int(self.clock() * 1000),
             room,
         )
-        return env.seal(message_key, header_bytes, plaintext, self._ad_out)
+        return env.seal(message_key, mid, header_bytes, plaintext, self._ad_out)
 
     def decrypt(self, envelope: bytes) -> tuple[env.Header, bytes]:
         """Authenticate and decrypt one envelope from the peer.
@@ -250,7 +271,9 @@ class Session:
         pending = self.ratchet.decrypt_step(
             RatchetHeader(header.ratchet_pub, header.kem_ct, header.pn, header.n)
         )
-        plaintext = env.open_envelope(pending.message_key, header_bytes, ciphertext, self._ad_in)
+        plaintext = env.open_envelope(
+            pending.message_key, header.message_id, header_bytes, ciphertext, self._ad_in
+        )
         self.ratchet.commit(pending)
         if self.initiator:
             # The peer has answered, so it holds the session: stop repeating the handshake.

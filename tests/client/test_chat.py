@@ -18,7 +18,7 @@ from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 
 from securechat import wire
-from securechat.client import sessions as sessions_mod
+from securechat.client import prekeys as prekeys_mod
 from securechat.client.chat import ChatClient
 from securechat.client.console import ConsoleProtocol, Renderer
 from securechat.client.keystore import TEST_KDF, Keystore
@@ -33,7 +33,7 @@ PASS = "keystore passphrase"
 
 @pytest.fixture(autouse=True)
 def few_one_time_prekeys(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sessions_mod, "ONE_TIME_TARGET", {"ecdh": 3, "dh": 2, "rsa": 1})
+    monkeypatch.setattr(prekeys_mod, "ONE_TIME_TARGET", {"ecdh": 3, "dh": 2, "rsa": 1})
 
 
 class Peer:
@@ -453,7 +453,7 @@ def test_sending_to_a_verified_peer_with_a_changed_key_is_blocked(net: Net) -> N
         Keystore.create(net.tmp_path / "impostor", PASS, "bob",
                         IdentityKeyPair.generate().private_bytes(), TEST_KDF)
     )  # fmt: skip
-    signed, one_time = impostor.prekeys_to_publish("ecdh", 0)
+    signed, one_time = impostor.prekeys.to_publish("ecdh", 0)
     store = net.harness.store
     assert store.set_identity_key("bob", impostor.identity.public_bytes()).called
     alice.client.sessions.state.sessions.clear()  # force a fresh bundle fetch

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from securechat.client import sessions as sessions_mod
+from securechat.client import prekeys as prekeys_mod
 from securechat.client.keystore import TEST_KDF, Keystore
 from securechat.client.sessions import Received, SessionManager, TrustError
 from securechat.crypto.envelope import backend_id
@@ -25,7 +25,7 @@ BACKENDS = ("dh", "ecdh", "rsa")
 @pytest.fixture(autouse=True)
 def few_one_time_prekeys(monkeypatch: pytest.MonkeyPatch) -> None:
     """RSA keys cost ~0.2 s each: publish one or two one-time prekeys, not dozens."""
-    monkeypatch.setattr(sessions_mod, "ONE_TIME_TARGET", {"ecdh": 2, "dh": 2, "rsa": 1})
+    monkeypatch.setattr(prekeys_mod, "ONE_TIME_TARGET", {"ecdh": 2, "dh": 2, "rsa": 1})
 
 
 @dataclass
@@ -50,9 +50,9 @@ def reopen(m: SessionManager) -> SessionManager:
 
 
 def publish(m: SessionManager, backend: str, with_one_time: bool = True) -> Bundle:
-    signed, one_time = m.prekeys_to_publish(backend, 0)
+    signed, one_time = m.prekeys.to_publish(backend, 0)
     if signed is None:  # published before: the relay still has the same signed prekey
-        current = m._current_signed(backend_id(m.local_kem(backend)))
+        current = m.prekeys.current_signed(backend_id(m.prekeys.local_kem(backend)))
         assert current is not None
         signed = current.to_bytes()
     return Bundle(m.identity.public_bytes(), signed, one_time[0][1] if with_one_time else None)
@@ -284,13 +284,13 @@ def test_message_without_session_or_handshake_is_refused(tmp_path: Path) -> None
 
 def test_prekeys_are_published_once_and_topped_up(tmp_path: Path) -> None:
     bob = manager(tmp_path, "bob")
-    signed, one_time = bob.prekeys_to_publish("ecdh", 0)
+    signed, one_time = bob.prekeys.to_publish("ecdh", 0)
     assert signed is not None and len(one_time) == 2
     # A fresh signed prekey is not replaced; only the missing one-time keys are made.
-    signed_again, more = bob.prekeys_to_publish("ecdh", 1)
+    signed_again, more = bob.prekeys.to_publish("ecdh", 1)
     assert signed_again is None and len(more) == 1
     assert len({i for i, _ in one_time + more}) == 3
-    assert bob.prekeys_to_publish("ecdh", 2) == (None, [])
+    assert bob.prekeys.to_publish("ecdh", 2) == (None, [])
 
 
 def test_simultaneous_first_contact_converges(tmp_path: Path) -> None:

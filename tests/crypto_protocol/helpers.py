@@ -82,9 +82,12 @@ class Responder:
     lifetime: int = prekeys.DEFAULT_LIFETIME
 
     def __post_init__(self) -> None:
+        self.ikem = self.kem.generate_keypair()
         self.spk, self.spk_pair = prekeys.generate_signed_prekey(
-            self.identity, self.kem, 1, NOW, self.lifetime
+            self.identity, self.kem, 1, NOW, self.lifetime, self.ikem.public
         )
+        #: The replay cache: (signed prekey id, transcript hash) of accepted first messages.
+        self.accepted: set[tuple[int, bytes]] = set()
         self.otks = dict(
             (opk.key_id, (opk, pair))
             for opk, pair in prekeys.generate_one_time_prekeys(self.kem, 100, self.otk_count)
@@ -97,24 +100,30 @@ class Responder:
         found = self.otks.get(key_id)
         return found[1] if found is not None else None
 
+    def replayed(self, spk_id: int, transcript_hash: bytes) -> bool:
+        return (spk_id, transcript_hash) in self.accepted
+
     def otk_blob(self) -> bytes | None:
         return next(iter(self.otks.values()))[0].to_bytes() if self.otks else None
 
     def respond(
         self, envelope: bytes, clock: Callable[[], float] = lambda: NOW
     ) -> tuple[Session, bytes]:
-        session, _header, plaintext, used = Session.respond(
+        done = Session.respond(
             envelope,
             kem=self.kem,
             identity=self.identity,
+            identity_kem=self.ikem,
             local_user=self.user,
             find_signed_prekey=self.find_signed,
             find_one_time_prekey=self.find_one_time,
+            replayed=self.replayed,
             clock=clock,
         )
-        if used is not None:
-            del self.otks[used]
-        return session, plaintext
+        if done.consumed_one_time_prekey is not None:
+            del self.otks[done.consumed_one_time_prekey]
+        self.accepted.add((done.signed_prekey_id, done.transcript_hash))
+        return done.session, done.plaintext
 
 
 def start(

@@ -65,10 +65,17 @@ def test_non_canonical_encodings_are_refused() -> None:
             env.decode_header(bad)
 
 
+def test_protocol_v1_envelopes_are_refused_with_a_clear_message() -> None:
+    fields = cbor2.loads(env.encode_header(HEADER))
+    fields["v"] = 1
+    with pytest.raises(MalformedEnvelope, match=r"protocol v1, no longer accepted.*upgrade"):
+        env.decode_header(cbor2.dumps(fields, canonical=True))
+
+
 @pytest.mark.parametrize(
     "change",
     [
-        {"n": -1}, {"n": 2**32}, {"n": True}, {"pn": "3"}, {"id": b"short"}, {"v": 2},
+        {"n": -1}, {"n": 2**32}, {"n": True}, {"pn": "3"}, {"id": b"short"}, {"v": 3},
         {"be": ""}, {"from": "x" * 300}, {"rp": b""}, {"rp": b"x" * 5000}, {"room": 5},
         {"extra": 1}, {"ts": 1.5},
     ],
@@ -108,18 +115,22 @@ def test_seal_open_and_routing_fields() -> None:
     key = os.urandom(32)
     header_bytes = env.encode_header(HEADER)
     prefix = env.identity_prefix(b"A" * 32, b"B" * 32)
-    envelope = env.seal(key, header_bytes, b"hello", prefix)
+    mid = HEADER.message_id
+    envelope = env.seal(key, mid, header_bytes, b"hello", prefix)
     assert env.routing_fields(envelope) == ("bob", "ecdh:x25519", HEADER.message_id)
     header, hb, ciphertext = env.parse_envelope(envelope)
-    assert header == HEADER and env.open_envelope(key, hb, ciphertext, prefix) == b"hello"
+    assert header == HEADER and env.open_envelope(key, mid, hb, ciphertext, prefix) == b"hello"
     # Swapping the identity keys changes the associated data.
     with pytest.raises(AuthenticationFailed):
-        env.open_envelope(key, hb, ciphertext, env.identity_prefix(b"B" * 32, b"A" * 32))
+        env.open_envelope(key, mid, hb, ciphertext, env.identity_prefix(b"B" * 32, b"A" * 32))
+    # Another message id gives another key and nonce.
+    with pytest.raises(AuthenticationFailed):
+        env.open_envelope(key, bytes(16), hb, ciphertext, prefix)
     assert env.associated_data(b"A" * 32, b"B" * 32, hb) == prefix + hb
 
 
 def test_bad_framing_is_refused() -> None:
-    envelope = env.seal(os.urandom(32), env.encode_header(HEADER), b"x", b"")
+    envelope = env.seal(os.urandom(32), HEADER.message_id, env.encode_header(HEADER), b"x", b"")
     for bad in (b"", b"\x02" + envelope[1:], envelope[:3], envelope[:-1], envelope + b"\x00"):
         with pytest.raises(MalformedEnvelope):
             env.parse_envelope(bad)

@@ -17,7 +17,7 @@ from securechat.crypto.errors import (
     SessionMismatch,
     UnknownPrekey,
 )
-from securechat.crypto.handshake import v1 as handshake
+from securechat.crypto.handshake import v2 as handshake
 from securechat.crypto.identity import IdentityKeyPair
 from securechat.crypto.session import Session
 from tests.crypto_protocol.helpers import BACKENDS, NOW, Responder, kem_for, start
@@ -52,12 +52,25 @@ def test_initiator_and_responder_derive_the_same_root_key() -> None:
     result = handshake.initiate(
         kem, alice, bob.identity.public_bytes(), bob.spk.to_bytes(), bob.otk_blob(), NOW
     )
-    answer = handshake.respond(
-        kem, bob.identity, result.message_bytes, bob.find_signed, bob.find_one_time, NOW
-    )
+    answer = _respond(bob, result.message_bytes)
     assert answer.root_key == result.root_key and len(result.root_key) == 32
     assert answer.consumed_one_time_prekey == result.message.one_time_prekey_id == 100
     assert answer.initiator_identity == alice.public_bytes()
+
+
+def _respond(bob: Responder, message: bytes, **overrides: object) -> handshake.ResponderResult:
+    args: dict[str, object] = {
+        "kem": bob.kem,
+        "identity": bob.identity,
+        "identity_kem": bob.ikem,
+        "message_bytes": message,
+        "find_signed_prekey": bob.find_signed,
+        "find_one_time_prekey": bob.find_one_time,
+        "replayed": bob.replayed,
+        "now": NOW,
+    }
+    args.update(overrides)
+    return handshake.respond(**args)  # type: ignore[arg-type]
 
 
 def _initiate(bob: Responder, **overrides: object) -> handshake.InitiatorResult:
@@ -111,9 +124,16 @@ def test_malformed_prekey_blobs_are_refused() -> None:
     for bad in (b"", b"\xa0", blob + b"\x00", blob[:-1], b"\x80" * 10):
         with pytest.raises(MalformedPrekey):
             prekeys.SignedPrekey.from_bytes(bad)
-    bad_key = prekeys.sign_prekey(bob.identity, bob.kem, 2, bytes(32), int(NOW) + 100)
+    bad_key = prekeys.sign_prekey(
+        bob.identity, bob.kem, 2, bytes(32), int(NOW) + 100, bob.ikem.public
+    )
     with pytest.raises(MalformedPrekey):  # the all-zero X25519 point has low order
         _initiate(bob, signed_prekey=bad_key.to_bytes())
+    bad_ikem = prekeys.sign_prekey(
+        bob.identity, bob.kem, 2, bob.spk.public, int(NOW) + 100, bytes(32)
+    )
+    with pytest.raises(MalformedPrekey):  # the same for the identity KEM key
+        _initiate(bob, signed_prekey=bad_ikem.to_bytes())
 
 
 def test_replayed_handshake_with_used_one_time_prekey_is_unknown() -> None:
@@ -128,9 +148,7 @@ def test_unknown_signed_prekey_id() -> None:
     bob = Responder(kem_for("ecdh-x25519"))
     result = _initiate(bob)
     with pytest.raises(UnknownPrekey):
-        handshake.respond(
-            bob.kem, bob.identity, result.message_bytes, lambda _i: None, bob.find_one_time, NOW
-        )
+        _respond(bob, result.message_bytes, find_signed_prekey=lambda _i: None)
 
 
 def test_forged_transcript_signature_is_refused() -> None:
@@ -141,9 +159,7 @@ def test_forged_transcript_signature_is_refused() -> None:
         result.message, initiator_identity=IdentityKeyPair.generate().public_bytes()
     )
     with pytest.raises(BadTranscriptSignature):
-        handshake.respond(
-            bob.kem, bob.identity, forged.to_bytes(), bob.find_signed, bob.find_one_time, NOW
-        )
+        _respond(bob, forged.to_bytes())
 
 
 def test_handshake_meant_for_another_responder_is_refused() -> None:
@@ -152,10 +168,7 @@ def test_handshake_meant_for_another_responder_is_refused() -> None:
     result = _initiate(bob)
     # Same prekeys held by a different identity: the signed transcript names Bob's key.
     with pytest.raises(BadTranscriptSignature):
-        handshake.respond(
-            kem, IdentityKeyPair.generate(), result.message_bytes, bob.find_signed,
-            bob.find_one_time, NOW,
-        )  # fmt: skip
+        _respond(bob, result.message_bytes, identity=IdentityKeyPair.generate())
 
 
 def test_responder_refuses_its_own_long_expired_prekey() -> None:
@@ -163,29 +176,22 @@ def test_responder_refuses_its_own_long_expired_prekey() -> None:
     result = _initiate(bob)
     late = bob.spk.expires + handshake.DEFAULT_GRACE
     with pytest.raises(ExpiredPrekey):
-        handshake.respond(
-            bob.kem, bob.identity, result.message_bytes, bob.find_signed, bob.find_one_time, late
-        )
+        _respond(bob, result.message_bytes, now=late)
     # Within the grace period a queued first message is still accepted.
-    handshake.respond(
-        bob.kem, bob.identity, result.message_bytes, bob.find_signed, bob.find_one_time, late - 1
-    )
+    _respond(bob, result.message_bytes, now=late - 1)
 
 
 def test_responder_with_another_backend_reports_mismatch() -> None:
     bob = Responder(kem_for("ecdh-x25519"))
     result = _initiate(bob)
     with pytest.raises(BackendMismatch):
-        handshake.respond(
-            kem_for("ecdh-p256"), bob.identity, result.message_bytes, bob.find_signed,
-            bob.find_one_time, NOW,
-        )  # fmt: skip
+        _respond(bob, result.message_bytes, kem=kem_for("ecdh-p256"))
 
 
 def test_malformed_handshake_messages() -> None:
     bob = Responder(kem_for("ecdh-x25519"))
     good = _initiate(bob).message_bytes
-    for bad in (b"", good + b"\x00", good[:-3], b"\xa1\x61v\x02"):
+    for bad in (b"", good + b"\x00", good[:-3], b"\xa1\x61v\x02", b"\xa1\x61v\x03"):
         with pytest.raises(MalformedHandshake):
             handshake.HandshakeMessage.from_bytes(bad)
     assert handshake.HandshakeMessage.from_bytes(good).to_bytes() == good

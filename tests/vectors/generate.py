@@ -1,4 +1,4 @@
-"""Generate securechat's own protocol test vectors (``securechat-v1-x25519.json``).
+"""Generate securechat's own protocol test vectors (``securechat-v2-x25519.json``).
 
 Run ``python tests/vectors/generate.py`` to rewrite the file, or ``--check`` to compare.
 Every random input comes from one deterministic generator, so another implementation can
@@ -23,14 +23,14 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from securechat.crypto import envelope as env
 from securechat.crypto import prekeys, ratchet
 from securechat.crypto.ecdh import X25519Kem
-from securechat.crypto.handshake import v1 as handshake
+from securechat.crypto.handshake import v2 as handshake
 from securechat.crypto.identity import IdentityKeyPair
 from securechat.crypto.kem import KeyPair
 from securechat.crypto.session import Session
 
-SEED = b"securechat-v1 test vectors"
+SEED = b"securechat-v2 test vectors"
 NOW = 1_700_000_000
-VECTOR_FILE = Path(__file__).with_name("securechat-v1-x25519.json")
+VECTOR_FILE = Path(__file__).with_name("securechat-v2-x25519.json")
 
 
 class Drbg:
@@ -82,15 +82,18 @@ def generate() -> dict[str, Any]:
         seed, next_ck = ratchet.kdf_ck(ck)
         chain.append({"chain_key": ck, "message_key_seed": seed, "next_chain_key": next_ck})
         ck = next_ck
-    rk, secret = rng(32), rng(32)
-    aes_key, nonce = env.message_key_material(chain[0]["message_key_seed"])
+    rk, secret, mkm_id = rng(32), rng(32), rng(16)
+    aes_key, nonce = env.message_key_material(chain[0]["message_key_seed"], mkm_id)
     header = env.Header(
         "ecdh:x25519", "alice", "bob", rng(32), rng(32), 2, 5, rng(16), NOW * 1000, "#room"
     )
 
     alice_id = IdentityKeyPair.from_private_bytes(rng(32))
     bob_id = IdentityKeyPair.from_private_bytes(rng(32))
-    spk, spk_pair = prekeys.generate_signed_prekey(bob_id, kem, 1, NOW)
+    ikem_pair = kem.generate_keypair()
+    spk, spk_pair = prekeys.generate_signed_prekey(
+        bob_id, kem, 1, NOW, prekeys.DEFAULT_LIFETIME, ikem_pair.public
+    )
     [(opk, opk_pair)] = prekeys.generate_one_time_prekeys(kem, 100, 1)
     alice = Session.initiate(
         kem=kem, identity=alice_id, local_user="alice", peer_user="bob",
@@ -104,25 +107,27 @@ def generate() -> dict[str, Any]:
     for sender, plaintext in script:
         sealed = sessions[sender].encrypt(plaintext)
         if "bob" not in sessions:
-            sessions["bob"], _h, opened, used = Session.respond(
-                sealed, kem=kem, identity=bob_id, local_user="bob",
+            done = Session.respond(
+                sealed, kem=kem, identity=bob_id, identity_kem=ikem_pair, local_user="bob",
                 find_signed_prekey=lambda i: (spk, spk_pair) if i == 1 else None,
                 find_one_time_prekey=lambda i: opk_pair if i == 100 else None,
-                rng=rng, clock=clock,
+                replayed=lambda i, th: False, rng=rng, clock=clock,
             )  # fmt: skip
-            assert used == 100
+            sessions["bob"], opened = done.session, done.plaintext
+            assert done.consumed_one_time_prekey == 100
             handshake_message = Session.peek(sealed).handshake
         else:
             opened = sessions["bob" if sender == "alice" else "alice"].decrypt(sealed)[1]
         assert opened == plaintext
         envelopes.append({"sender": sender, "plaintext": plaintext, "envelope": sealed})
     assert handshake_message is not None
-    root_key = handshake.respond(
-        kem, bob_id, handshake_message, lambda i: (spk, spk_pair), lambda i: opk_pair, NOW
-    ).root_key
+    answer = handshake.respond(
+        kem, bob_id, ikem_pair, handshake_message, lambda i: (spk, spk_pair),
+        lambda i: opk_pair, lambda i, th: False, NOW,
+    )  # fmt: skip
     return _hex(
         {
-            "version": 1,
+            "version": 2,
             "seed": SEED,
             "kdf_ck": chain,
             "kdf_rk": dict(
@@ -134,6 +139,7 @@ def generate() -> dict[str, Any]:
             ),
             "message_key_material": {
                 "message_key_seed": chain[0]["message_key_seed"],
+                "message_id": mkm_id,
                 "aes_key": aes_key,
                 "nonce": nonce,
             },
@@ -147,12 +153,14 @@ def generate() -> dict[str, Any]:
                 "now": NOW,
                 "alice_identity_private": alice_id.private_bytes(),
                 "bob_identity_private": bob_id.private_bytes(),
+                "identity_kem_private": ikem_pair.private,
                 "signed_prekey": spk.to_bytes(),
                 "signed_prekey_private": spk_pair.private,
                 "one_time_prekey": opk.to_bytes(),
                 "one_time_prekey_private": opk_pair.private,
                 "message": handshake_message,
-                "root_key": root_key,
+                "transcript_hash": answer.transcript_hash,
+                "root_key": answer.root_key,
             },
             "envelopes": envelopes,
         }

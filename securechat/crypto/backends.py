@@ -76,7 +76,7 @@ SPECS: Final[Mapping[str, BackendSpec]] = {
             "finite-field DH (RFC 7919/3526 groups) as a DHKEM, legacy",
         ),
         BackendSpec(
-            "rsa", "securechat.crypto.rsa", _rsa, {"bits": 3072}, 5,
+            "rsa", "securechat.crypto.rsa", _rsa, {"bits": 3072}, 4,
             "RSA-OAEP-SHA256 key transport, no forward secrecy of its own",
         ),
     )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from securechat.crypto.backends import DEFAULT_BACKEND, backend_names
+from securechat.crypto.backends import DEFAULT_BACKEND, SPECS, backend_names
 from securechat.errors import ConfigError
 
 #: Key-agreement backends that exist: read from their specs (a data-only module, so the
@@ -95,7 +95,7 @@ class AuthSection:
 class CryptoSection:
     """``[crypto]``: the end-to-end backends clients may use, and the default one."""
 
-    backends: tuple[str, ...] = KNOWN_BACKENDS
+    backends: tuple[str, ...] = tuple(SPECS)  # the order of the specs: default first
     default_backend: str = DEFAULT_BACKEND
 
 

@@ -64,6 +64,10 @@ def _rsa(params: str) -> dict[str, Any] | None:
     return {"bits": int(digits)}
 
 
+def _hybrid(params: str) -> dict[str, Any] | None:
+    return {"kem": params} if params else None
+
+
 SPECS: Final[Mapping[str, BackendSpec]] = {
     spec.name: spec
     for spec in (
@@ -78,6 +82,10 @@ SPECS: Final[Mapping[str, BackendSpec]] = {
         BackendSpec(
             "rsa", "securechat.crypto.rsa", _rsa, {"bits": 3072}, 4,
             "RSA-OAEP-SHA256 key transport, no forward secrecy of its own",
+        ),
+        BackendSpec(
+            "hybrid", "securechat.crypto.xwing", _hybrid, {"kem": "xwing"}, 50,
+            "X-Wing: ML-KEM-768 + X25519 (draft-connolly-cfrg-xwing-kem), post-quantum",
         ),
     )
 }

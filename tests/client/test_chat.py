@@ -33,7 +33,7 @@ PASS = "keystore passphrase"
 
 @pytest.fixture(autouse=True)
 def few_one_time_prekeys(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(prekeys_mod, "ONE_TIME_TARGET", {"ecdh": 3, "dh": 2, "rsa": 1})
+    monkeypatch.setattr(prekeys_mod, "ONE_TIME_TARGET", {"ecdh": 3, "dh": 2, "rsa": 1, "hybrid": 2})
 
 
 class Peer:

@@ -24,7 +24,7 @@ from tests.client.test_sessions import PASS, got, manager, publish, send, start
 
 @pytest.fixture(autouse=True)
 def few_one_time_prekeys(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(prekeys_mod, "ONE_TIME_TARGET", {"ecdh": 2, "dh": 2, "rsa": 1})
+    monkeypatch.setattr(prekeys_mod, "ONE_TIME_TARGET", {"ecdh": 2, "dh": 2, "rsa": 1, "hybrid": 2})
 
 
 def _v1_material(message_key: bytes) -> tuple[bytes, bytes]:

@@ -23,7 +23,7 @@ from tests.client.test_sessions import PASS, got, manager, publish, receive, reo
 
 @pytest.fixture(autouse=True)
 def few_one_time_prekeys(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(prekeys_mod, "ONE_TIME_TARGET", {"ecdh": 2, "dh": 2, "rsa": 1})
+    monkeypatch.setattr(prekeys_mod, "ONE_TIME_TARGET", {"ecdh": 2, "dh": 2, "rsa": 1, "hybrid": 2})
 
 
 def test_first_message_replayed_after_5000_messages_is_refused(tmp_path: Path) -> None:

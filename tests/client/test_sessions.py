@@ -19,13 +19,13 @@ from securechat.crypto.errors import CryptoError
 from securechat.crypto.identity import IdentityKeyPair, fingerprint
 
 PASS = "test passphrase"
-BACKENDS = ("dh", "ecdh", "rsa")
+BACKENDS = ("dh", "ecdh", "rsa", "hybrid")
 
 
 @pytest.fixture(autouse=True)
 def few_one_time_prekeys(monkeypatch: pytest.MonkeyPatch) -> None:
     """RSA keys cost ~0.2 s each: publish one or two one-time prekeys, not dozens."""
-    monkeypatch.setattr(prekeys_mod, "ONE_TIME_TARGET", {"ecdh": 2, "dh": 2, "rsa": 1})
+    monkeypatch.setattr(prekeys_mod, "ONE_TIME_TARGET", {"ecdh": 2, "dh": 2, "rsa": 1, "hybrid": 2})
 
 
 @dataclass

@@ -23,6 +23,7 @@ COMBINATIONS: list[tuple[str, dict[str, object]]] = [
     ("ecdh", {"curve": "x25519"}),
     ("ecdh", {"curve": "p256"}),
     ("rsa", {"bits": 2048}),
+    ("hybrid", {"kem": "xwing"}),
 ]
 IDS = [f"{name}-{next(iter(params.values()))}" for name, params in COMBINATIONS]
 
@@ -69,7 +70,8 @@ def test_bad_params_are_kem_errors(name: str, params: dict[str, object]) -> None
 
 @pytest.mark.parametrize(
     ("name", "expected_params", "rotates"),
-    [("dh", "ffdhe3072", True), ("ecdh", "x25519", True), ("rsa", "rsa3072", False)],
+    [("dh", "ffdhe3072", True), ("ecdh", "x25519", True), ("rsa", "rsa3072", False),
+     ("hybrid", "xwing", True)],
 )
 def test_defaults_and_interface(name: str, expected_params: str, rotates: bool) -> None:
     backend = get_kem(name)

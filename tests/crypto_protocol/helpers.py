@@ -23,6 +23,7 @@ BACKENDS: dict[str, tuple[str, dict[str, object]]] = {
     "ecdh-x25519": ("ecdh", {"curve": "x25519"}),
     "ecdh-p256": ("ecdh", {"curve": "p256"}),
     "rsa-2048": ("rsa", {"bits": 2048}),
+    "hybrid-xwing": ("hybrid", {"kem": "xwing"}),
 }
 
 

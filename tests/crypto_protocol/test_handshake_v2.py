@@ -22,7 +22,7 @@ from securechat.crypto.kem import IKem, KemError
 from securechat.crypto.session import Session
 from tests.crypto_protocol.helpers import NOW, Responder, kem_for, start
 
-FAST = ["ecdh-x25519", "ecdh-p256", "dh-ffdhe2048", "rsa-2048"]
+FAST = ["ecdh-x25519", "ecdh-p256", "dh-ffdhe2048", "rsa-2048", "hybrid-xwing"]
 
 
 class _PublicOnly:

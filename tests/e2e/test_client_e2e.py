@@ -28,8 +28,8 @@ from tests.e2e.daemon import Daemon, start_daemon
 
 pytest.importorskip("securechat.server.protocol")
 
-BACKENDS = ("dh", "ecdh", "rsa")
-OTHER = {"dh": "ecdh", "ecdh": "dh", "rsa": "ecdh"}
+BACKENDS = ("dh", "ecdh", "rsa", "hybrid")
+OTHER = {"dh": "ecdh", "ecdh": "dh", "rsa": "ecdh", "hybrid": "ecdh"}
 
 
 #: Test daemons use the production Argon2id parameters. Several clients log in at once

@@ -36,7 +36,7 @@ def test_hello_returns_policy() -> None:
     h = Harness(make_config(policy={"messaging": "contacts"}, auth={"registration_pow_bits": 4}))
     c = h.connect()
     w = c.reply(wire.Hello(id=1, version=wire.PROTOCOL_VERSION), wire.Welcome)
-    assert w.backends == ("ecdh", "dh", "rsa") and w.default_backend == "ecdh"
+    assert w.backends == ("ecdh", "dh", "rsa", "hybrid") and w.default_backend == "ecdh"
     assert (w.messaging, w.pow_bits, w.registration) == ("contacts", 4, True)
     assert w.max_frame_bytes == h.config.server.max_frame_bytes
     assert w.server.startswith("securechat/")

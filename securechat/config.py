@@ -89,6 +89,13 @@ class AuthSection:
     account_rate: float = 0.01
     login_pow_bits: int = 18
     known_address_ttl: float = 30 * 86400.0
+    registration_address_burst: int = 5
+    registration_address_rate: float = 0.002
+    registration_burst: int = 10
+    registration_pow_max_bits: int = 24
+    hash_memory_mib: int = 128
+    hash_queue_timeout: float = 5.0
+    hash_queue_limit: int = 64
 
 
 @dataclass(frozen=True)
@@ -314,7 +321,9 @@ def _check(cfg: ServerConfig, shown: str) -> None:
     for m in cfg.auth.methods:
         _one_of(shown, "[auth] methods", m, AUTH_METHODS)
     _one_of(shown, "[auth] password_hash", cfg.auth.password_hash, PASSWORD_HASHES)
-    for key in ("registration_pow_bits", "login_pow_bits"):
+    if cfg.auth.hash_memory_mib < 1:
+        raise ConfigError(shown, "[auth] hash_memory_mib", "must be at least 1")
+    for key in ("registration_pow_bits", "login_pow_bits", "registration_pow_max_bits"):
         if getattr(cfg.auth, key) > 32:
             raise ConfigError(shown, f"[auth] {key}", "must be at most 32")
     if not cfg.crypto.backends:

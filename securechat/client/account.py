@@ -73,12 +73,12 @@ class Account:
         return LoggedIn(welcome, role)
 
     async def _register(self, proto: WireClientProtocol, welcome: wire.Welcome) -> None:
-        challenge = solution = None
-        if welcome.pow_bits:
-            reply = await proto.request(wire.PowChallenge)
-            assert isinstance(reply, wire.PowChallengeReply)
-            challenge = reply.challenge
-            solution = wire.pow_solve(challenge, self.user, reply.bits)
+        # Always asked for: the difficulty rises during a registration burst, so the
+        # welcome's figure may be stale; the challenge's own ``bits`` is what counts.
+        reply = await proto.request(wire.PowChallenge)
+        assert isinstance(reply, wire.PowChallengeReply)
+        challenge = reply.challenge
+        solution = wire.pow_solve(challenge, self.user, reply.bits)
         try:
             await proto.request(
                 wire.Register, user=self.user, password=self.password,

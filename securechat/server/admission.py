@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.server.test_admission -*-
-"""Per-address limits on connections, before and after login.
+"""Pre-login limits: connections per address, before and after login, and frame size.
 
 An unauthenticated peer costs the server a TLS session, a protocol object and whatever
 it has buffered until the login deadline. Without a limit, one address could open
@@ -7,6 +7,9 @@ hundreds of such connections and hold their memory (issue 10: 300 parked connect
 404 MB). :class:`Admission` counts, per address (IPv6 grouped by /64, as the login
 throttle does), all open connections and those not logged in yet ("pending"), and the
 protocol refuses a connection that would exceed either, before TLS even starts.
+
+Before login a frame may be at most ``[server] prelogin_max_frame_bytes`` (16 KiB): nothing
+before login needs more, and a connection cannot park a large buffer unauthenticated.
 
 The counts live only while connections do: an address whose count falls to zero is
 forgotten, so the tables hold at most one entry per open connection.
@@ -18,6 +21,7 @@ from collections.abc import Callable
 
 from twisted.logger import Logger
 
+from securechat.config import ServerSection
 from securechat.server.memory import Trimmer
 from securechat.server.ratelimit import address_key
 
@@ -31,11 +35,15 @@ class Admission:
     :param max_open: connections per address at most (0: no limit).
     :param max_pending: connections per address not logged in yet, at most (0: no limit).
     :param now: the clock, for rate-limiting the log line about refusals.
+    :param frame_bytes: the largest frame before login.
     """
 
     log = Logger()
 
-    def __init__(self, max_open: int, max_pending: int, now: Callable[[], float]) -> None:
+    def __init__(
+        self, max_open: int, max_pending: int, now: Callable[[], float], frame_bytes: int = 16384
+    ) -> None:
+        self.frame_bytes = frame_bytes
         self.max_open = max_open
         self.max_pending = max_pending
         self._now = now
@@ -45,6 +53,12 @@ class Admission:
         self.trimmer = Trimmer(now)
         self._unlogged = 0
         self._logged_at = -LOG_INTERVAL
+
+    @classmethod
+    def from_config(cls, server: ServerSection, now: Callable[[], float]) -> Admission:
+        """From ``[server]``; the pre-login frame limit never exceeds ``max_frame_bytes``."""
+        frame = min(server.prelogin_max_frame_bytes, server.max_frame_bytes)
+        return cls(server.max_connections_per_address, server.max_pending_per_address, now, frame)
 
     def admit(self, host: str) -> str | None:
         """Count a new connection from ``host``; its key, or None if it must be refused."""

@@ -35,7 +35,8 @@ async def hello(conn: RelayProtocol, msg: wire.Hello) -> wire.Message:
     if msg.version != wire.PROTOCOL_VERSION:
         raise RelayError(wire.E_UNSUPPORTED_VERSION, f"this server speaks version "
                          f"{wire.PROTOCOL_VERSION}")  # fmt: skip
-    return dataclasses.replace(conn.server.welcome, id=msg.id)
+    bits = conn.server.registrations.pow_bits()
+    return dataclasses.replace(conn.server.welcome, id=msg.id, pow_bits=bits)
 
 
 async def ping(conn: RelayProtocol, msg: wire.Ping) -> wire.Message:
@@ -53,22 +54,28 @@ def _check_not_logged_in(conn: RelayProtocol) -> None:
 async def pow_challenge(conn: RelayProtocol, msg: wire.PowChallenge) -> wire.Message:
     """A fresh, single-use registration challenge for this connection."""
     conn.pow_challenge = challenge = secrets.token_bytes(wire.POW_CHALLENGE_BYTES)
-    bits = conn.server.config.auth.registration_pow_bits
+    conn.pow_bits = bits = conn.server.registrations.pow_bits()
     return wire.PowChallengeReply(id=msg.id, challenge=challenge, bits=bits)
 
 
 async def register(conn: RelayProtocol, msg: wire.Register) -> wire.Message:
-    """Create an account (the client logs in afterwards)."""
+    """Create an account (the client logs in afterwards), at most
+    ``registration_address_burst`` per address, then one per ``1/registration_address_rate``
+    seconds; the proof of work is checked at the difficulty its challenge was issued with."""
     _check_not_logged_in(conn)
+    f = conn.server
     issued, conn.pow_challenge = conn.pow_challenge, None
-    challenge = b""
+    challenge, bits = b"", f.registrations.pow_bits()
     offered = msg.pow_challenge
     if issued is not None and offered is not None and wire.constant_time_equal(issued, offered):
-        challenge = issued
-    f = conn.server
+        challenge, bits = issued, conn.pow_bits
+    if f.config.auth.registration:
+        wait = f.registrations.check(conn.address)
+        if wait > 0:
+            raise Throttled(wait)
     record = await register_user(
         f.store, f.config, msg.user, msg.password, msg.identity_key, challenge,
-        msg.pow_solution or b"", f.run_in_thread, params=f.hash_params,
+        msg.pow_solution or b"", f.run_in_thread, params=f.hash_params, pow_bits=bits,
     )  # fmt: skip
     log.info("registered {user} (conn {conn})", user=record.name, conn=conn.cid)
     return wire.Registered(id=msg.id, user=record.name)

@@ -286,6 +286,25 @@ def needs_rehash(stored: str, scheme: str, params: HashParams = DEFAULT_PARAMS) 
     return parsed.scheme != scheme or parsed.params != wanted or len(parsed.salt) < SALT_BYTES
 
 
+def params_memory_kib(scheme: str, params: HashParams = DEFAULT_PARAMS) -> int:
+    """Memory one new hash with ``scheme`` and ``params`` holds while it runs, in KiB."""
+    if scheme == "argon2id":
+        return params.argon2id.memory_kib
+    s = params.scrypt
+    return 128 * s.r * (1 << s.log2_n) // 1024
+
+
+def hash_memory_kib(stored: str) -> int:
+    """Memory verifying ``stored`` holds while it runs, in KiB.
+
+    :raises UnsupportedHash: as :func:`parse_hash`.
+    """
+    p = parse_hash(stored).params
+    if isinstance(p, Argon2Params):
+        return p.memory_kib
+    return 128 * p.r * (1 << p.log2_n) // 1024
+
+
 def dummy_hash(scheme: str, params: HashParams = DEFAULT_PARAMS) -> str:
     """A well-formed hash that no password matches, costing as much as a real one.
 

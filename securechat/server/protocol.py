@@ -35,11 +35,13 @@ from securechat.server.auth import AuthError, AuthService, BadCredentials, Throt
 from securechat.server.connection import ConnectionInfo, TLSConnectionInfo, Transport
 from securechat.server.deadlines import Deadlines
 from securechat.server.handlers import FAST_HANDLERS, HANDLERS
+from securechat.server.hashgate import HashGate
 from securechat.server.login import PRE_LOGIN_HANDLERS
 from securechat.server.loginthrottle import LoginThrottle
 from securechat.server.metrics import NULL_METRICS, IMetrics, RelayMetrics
 from securechat.server.passwords import DEFAULT_PARAMS, HashParams, ThreadRunner
 from securechat.server.ratelimit import SendLimiter
+from securechat.server.registrationlimits import RegistrationLimits
 from securechat.server.relay import ISessionSink, Relay, RelayError, Session
 from securechat.server.store.interface import IStore
 
@@ -80,6 +82,7 @@ class RelayProtocol(Int32StringReceiver):
     login_nonce: bytes | None = None
     login_pow: bytes | None = None
     pow_challenge: bytes | None = None
+    pow_bits = 0
     #: Output held while the transport is paused (lists only then: most never are).
     _held: list[bytes] | None = None
     _held_bytes = 0
@@ -92,8 +95,7 @@ class RelayProtocol(Int32StringReceiver):
     #: The bucket of the factory's :class:`Deadlines` this connection is filed in.
     _deadline: set[RelayProtocol] | None = None
     session: Session | None = None
-    #: The key this connection is counted under in the factory's :class:`Admission`
-    #: (None until admitted, and for a refused connection).
+    #: Its key in the factory's :class:`Admission` (None until admitted, or if refused).
     _admitted: str | None = None
 
     def __init__(self, factory: RelayFactory):
@@ -130,8 +132,8 @@ class RelayProtocol(Int32StringReceiver):
 
     # -- connection lifecycle -------------------------------------------------------------
     def connectionMade(self) -> None:
-        """Protocol API: refuse a connection over the per-address limits (before TLS
-        starts); otherwise start the login deadline and learn about slow readers."""
+        """Protocol API: refuse a connection over the per-address limits, or start the
+        login deadline and learn about slow readers."""
         self._tx = cast(Transport, self.transport)
         self._admitted = self.server.admission.admit(self.address)
         if self._admitted is None:
@@ -281,7 +283,7 @@ class RelayProtocol(Int32StringReceiver):
             return
         buf = self._unprocessed + data if self._unprocessed else data
         f = self.server
-        limit = f.max_frame_bytes if self.session is not None else f.prelogin_frame_bytes
+        limit = f.max_frame_bytes if self.session is not None else f.admission.frame_bytes
         end, size = 0, len(buf)
         while size - end >= 4:
             (length,) = _HEADER.unpack_from(buf, end)
@@ -423,11 +425,8 @@ class RelayFactory(ServerFactory[RelayProtocol]):
         self.hash_params = hash_params
         self.connection_info = connection_info
         self.max_frame_bytes = config.server.max_frame_bytes
-        #: Nothing before login needs more (a registration is a few KiB at most).
-        c = config.server
-        self.prelogin_frame_bytes = min(c.prelogin_max_frame_bytes, self.max_frame_bytes)
-        self.admission = Admission(c.max_connections_per_address, c.max_pending_per_address,
-                                   clock.seconds)  # fmt: skip
+        self.admission = Admission.from_config(config.server, clock.seconds)
+        self.registrations = RegistrationLimits.from_config(config.auth, clock.seconds)
         self.metrics: IMetrics = relay.metrics
         self.ids = count(1)
         #: The login deadlines, idle limits and close grace periods of all connections.
@@ -453,12 +452,12 @@ class RelayFactory(ServerFactory[RelayProtocol]):
         check live sessions' accounts (:meth:`check_accounts`)."""
         self.relay.limiter.prune()
         self.auth.prune()
+        self.registrations.prune()
         return self.check_accounts()
 
     def check_accounts(self) -> Deferred[int]:
-        """Close sessions whose account was removed behind the server's back (by
-        ``securechat-admin`` on the database); fires with how many were closed. Also
-        returns the memory of connections closed since the last call to the system."""
+        """Close sessions of accounts removed behind the server's back (``securechat-admin``)
+        and return closed connections' memory; fires with how many sessions were closed."""
         self.admission.trimmer.flush()
         return Deferred.fromCoroutine(admin.drop_removed_sessions(self.relay))
 
@@ -481,13 +480,15 @@ def build_factory(
     """The server factory the daemon wraps in TLS.
 
     :param reactor: used only as a clock (timeouts, coalescing, rate buckets).
-    :param run_in_thread: where password hashing runs (``deferToThread`` in production).
+    :param run_in_thread: where password hashing runs (``deferToThread`` in production),
+        behind a :class:`HashGate` bounding their memory.
     :param auth_service: defaults to a portal over ``store`` with login throttling.
     :param hash_params: password-hash cost for registration and admin-created users.
     :param connection_info: reads the TLS exporter and client CN from a transport.
     :param metrics: the sink the relay, the protocol and the logins report to.
     """
     now = reactor.seconds
+    run_in_thread = HashGate.from_config(config.auth, hash_params, run_in_thread, reactor)
     if auth_service is None:
         portal = make_portal(config, store, run_in_thread, params=hash_params)
         auth_service = AuthService(portal, LoginThrottle.from_config(config.auth, now), reactor)
@@ -495,6 +496,5 @@ def build_factory(
     relay.metrics = metrics
     if isinstance(metrics, RelayMetrics):
         metrics.sessions = lambda: len(relay.sessions)
-    return RelayFactory(
-        config, store, reactor, relay, auth_service, run_in_thread, hash_params, connection_info
-    )
+    return RelayFactory(config, store, reactor, relay, auth_service, run_in_thread, hash_params,
+                        connection_info)  # fmt: skip

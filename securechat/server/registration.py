@@ -57,6 +57,7 @@ def _check_registration(
     identity_key: bytes | None,
     pow_challenge: bytes,
     pow_solution: bytes,
+    pow_bits: int,
 ) -> None:
     """The cheap registration rules, in the order a user would want to hear about them."""
     auth = cfg.auth
@@ -83,10 +84,10 @@ def _check_registration(
     )
     if not usable:
         raise NoUsableCredential()
-    if auth.registration_pow_bits > 0 and (
+    if pow_bits > 0 and (
         len(pow_challenge) < POW_CHALLENGE_MIN_BYTES
         or len(pow_solution) > POW_SOLUTION_MAX_BYTES
-        or not wire.pow_valid(pow_challenge, name, pow_solution, auth.registration_pow_bits)
+        or not wire.pow_valid(pow_challenge, name, pow_solution, pow_bits)
     ):
         raise BadProofOfWork()
 
@@ -125,17 +126,24 @@ def register_user(
     run_in_thread: ThreadRunner = deferToThread,
     *,
     params: HashParams = DEFAULT_PARAMS,
+    pow_bits: int | None = None,
 ) -> Deferred[UserRecord]:
     """Create a self-registered account with role ``user``.
 
     ``pow_challenge`` must be fresh random bytes the server issued on this connection
     (at least 16), so that solutions cannot be computed in advance.
 
+    :param pow_bits: the difficulty the challenge was issued with (it rises under a
+        registration burst); ``[auth] registration_pow_bits`` if None.
+
     :returns: a Deferred firing with the new record, or failing with a
         :class:`RegistrationError` subclass (each has a stable ``code``).
     """
     try:
-        _check_registration(cfg, name, password, identity_key, pow_challenge, pow_solution)
+        bits = cfg.auth.registration_pow_bits if pow_bits is None else pow_bits
+        _check_registration(
+            cfg, name, password, identity_key, pow_challenge, pow_solution, bits
+        )
     except RegistrationError as e:
         return fail(e)
     return Deferred.fromCoroutine(

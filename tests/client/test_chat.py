@@ -180,7 +180,7 @@ def test_register_login_and_publish(net_all: Net, requests: list[Any]) -> None:
     [status] = alice.events("status")
     assert (status["state"], status["user"], status["role"]) == ("connected", "alice", "user")
     names = kinds(requests, "alice")
-    assert names[:3] == ["Hello", "Register", "LoginPassword"]
+    assert names[:4] == ["Hello", "PowChallenge", "Register", "LoginPassword"]
     # Per allowed backend: signed prekey first, then one batch of one-time prekeys; the
     # relay's "prekeys low" hints during login do not make a second, wasted batch.
     publishes = [f for u, k, f in requests if k == "PublishPrekeys"]

@@ -71,6 +71,16 @@ class StoreSection:
     queue_limit: int = 10_000
     synchronous: str = "full"
     max_batch: int = 4096
+    #: Quotas of :mod:`securechat.server.store.quota` (per recipient, per sender, strangers).
+    queue_bytes: int = 256 << 20
+    sender_limit: int = 5_000
+    sender_bytes: int = 128 << 20
+    stranger_limit: int = 20
+    stranger_bytes: int = 1 << 20
+    strangers_limit: int = 1_000
+    strangers_bytes: int = 32 << 20
+    #: New envelopes are refused while less than this is free on the database's disk.
+    min_free_bytes: int = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -313,7 +323,7 @@ def _check(cfg: ServerConfig, shown: str) -> None:
         if not _valid_hostname(host):
             raise ConfigError(shown, "[tls] hostnames", f"{host!r} is not a host name or IP")
     _one_of(shown, "[store] synchronous", cfg.store.synchronous, SYNCHRONOUS_MODES)
-    for key in ("queue_limit", "max_batch"):
+    for key in ("queue_limit", "max_batch", "queue_bytes", "sender_limit", "sender_bytes"):
         if getattr(cfg.store, key) < 1:
             raise ConfigError(shown, f"[store] {key}", "must be at least 1")
     if not cfg.auth.methods:

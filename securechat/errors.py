@@ -41,3 +41,14 @@ class QueueFull(StoreError):
 
 class TooManyPrekeys(StoreError):
     """Storing these one-time prekeys would exceed the per-backend limit."""
+
+
+class StoreUnavailable(StoreError):
+    """The store refuses new envelopes for now (the disk is almost full); try again later.
+
+    ``retry_after`` is the number of seconds the client is told to wait.
+    """
+
+    def __init__(self, message: str, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

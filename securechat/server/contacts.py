@@ -59,10 +59,11 @@ class ContactGraph:
         if peer == session.user:
             raise RelayError(wire.E_BAD_REQUEST, "you cannot be your own contact")
         try:
-            state = await self._store.request_contact(session.user, peer)
+            state, changed = await self._store.request_contact(session.user, peer)
         except NoSuchUser:
             raise RelayError(wire.E_NO_SUCH_USER, "no such user") from None
-        self._changed(session.user, peer, state)
+        if changed:  # a repeated request is answered, but nobody is told again
+            self._changed(session.user, peer, state)
         return state
 
     async def accept(self, session: Session, peer: str) -> str:

@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from securechat import wire
 from securechat.config import ServerConfig
-from securechat.errors import StoreError
+from securechat.errors import StoreError, StoreUnavailable
 from securechat.server import admin
 from securechat.server.admission import Admission
 from securechat.server.auth import AuthError, AuthService, BadCredentials, Throttled, make_portal
@@ -38,6 +38,7 @@ from securechat.server.handlers import FAST_HANDLERS, HANDLERS
 from securechat.server.hashgate import HashGate
 from securechat.server.login import PRE_LOGIN_HANDLERS
 from securechat.server.loginthrottle import LoginThrottle
+from securechat.server.loglimit import RepeatLimiter
 from securechat.server.metrics import NULL_METRICS, IMetrics, RelayMetrics
 from securechat.server.passwords import DEFAULT_PARAMS, HashParams, ThreadRunner
 from securechat.server.ratelimit import SendLimiter
@@ -377,13 +378,18 @@ class RelayProtocol(Int32StringReceiver):
                           code=e.code)  # fmt: skip
             text = " ".join(str(type(e).__doc__ or e.code).split())
             self._error(rid, e.code, text, getattr(e, "retry_after", None))
-        elif type(e) is StoreError:
+        elif type(e) is StoreError or isinstance(e, StoreUnavailable):
             # Locked database, full disk, I/O error: nothing was accepted; say so plainly
-            # and let the client retry, without a traceback per request in the log.
-            self.log.warn("conn {conn}: {kind} failed: store unavailable: {error}",
-                          conn=self.cid, kind=kind, error=str(e))  # fmt: skip
+            # and let the client retry, without a traceback per request in the log, and
+            # one line per interval however many requests fail.
+            skipped = self.server.log_limit.allow("store unavailable")
+            if skipped is not None:
+                self.log.warn("conn {conn}: {kind} failed: store unavailable: {error} "
+                              "({skipped} similar failures not logged)", conn=self.cid,
+                              kind=kind, error=str(e), skipped=skipped)  # fmt: skip
+            retry = e.retry_after if isinstance(e, StoreUnavailable) else STORE_RETRY_AFTER
             self._error(rid, wire.E_UNAVAILABLE, "storage unavailable; nothing was accepted",
-                        STORE_RETRY_AFTER)  # fmt: skip
+                        retry)  # fmt: skip
         else:
             self.log.failure("conn {conn}: {kind} failed", failure, conn=self.cid, kind=kind)
             self._error(rid, wire.E_INTERNAL, "internal error")
@@ -429,6 +435,8 @@ class RelayFactory(ServerFactory[RelayProtocol]):
         self.registrations = RegistrationLimits.from_config(config.auth, clock.seconds)
         self.metrics: IMetrics = relay.metrics
         self.ids = count(1)
+        #: Failures that repeat per request (a full disk) are logged once per interval.
+        self.log_limit = RepeatLimiter(clock.seconds)
         #: The login deadlines, idle limits and close grace periods of all connections.
         self.deadlines: Deadlines[RelayProtocol] = Deadlines(clock)
         self.welcome = wire.Welcome(

@@ -35,6 +35,7 @@ from securechat import wire
 from securechat.config import ServerConfig
 from securechat.errors import NoSuchUser, QueueFull, StoreError
 from securechat.server.contacts import ContactGraph
+from securechat.server.loglimit import RepeatLimiter
 from securechat.server.metrics import NULL_METRICS, IMetrics
 from securechat.server.ratelimit import SendLimiter
 from securechat.server.roomdir import RoomDirectory
@@ -97,6 +98,7 @@ class Relay:
         #: Sessions with envelopes in their outbox, and the flush that sends them.
         self._dirty: list[Session] = []
         self._flush_call: IDelayedCall | None = None
+        self._log_limit = RepeatLimiter(clock.seconds)
 
     # -- sessions and presence ---------------------------------------------------------
     async def login(self, user: str, role: str, sink: Any) -> Session:
@@ -277,7 +279,7 @@ class Relay:
         candidates = self._rate_limit(session.user, results, candidates)
         if not candidates:
             return succeed(results)
-        d = self.store.enqueue(self._envelopes(session.user, items, candidates))
+        d = self.store.enqueue(self._envelopes(session, items, candidates))
         d.addCallbacks(
             self._stored,
             self._store_refused,
@@ -316,12 +318,15 @@ class Relay:
 
     @staticmethod
     def _envelopes(
-        sender: str, items: tuple[wire.SendItem, ...], candidates: list[int]
+        session: Session, items: tuple[wire.SendItem, ...], candidates: list[int]
     ) -> list[NewEnvelope]:
+        """The store's form; a direct envelope to a non-contact is marked ``stranger``
+        (the first-contact quota of :mod:`securechat.server.store.quota` applies)."""
+        sender, contacts = session.user, session.contacts
         return [
-            NewEnvelope(items[i].to, sender, items[i].backend, items[i].mid, items[i].room,
-                        items[i].payload)
-            for i in candidates
+            NewEnvelope(it.to, sender, it.backend, it.mid, it.room, it.payload,
+                        it.room is None and it.to != sender and it.to not in contacts)
+            for it in (items[i] for i in candidates)
         ]  # fmt: skip
 
     def _stored(
@@ -375,7 +380,7 @@ class Relay:
     ) -> list[Any]:
         while candidates:
             try:
-                stored = await self.store.enqueue(self._envelopes(session.user, items, candidates))
+                stored = await self.store.enqueue(self._envelopes(session, items, candidates))
             except (QueueFull, NoSuchUser) as e:
                 candidates = self._mark_refused(e, items, results, candidates)
                 continue
@@ -427,6 +432,9 @@ class Relay:
 
     def _log_failure(self, failure: Any, what: str) -> None:
         if failure.check(StoreError):
-            self.log.warn("{what} failed: {error}", what=what, error=failure.value)
+            skipped = self._log_limit.allow(what)
+            if skipped is not None:
+                self.log.warn("{what} failed: {error} ({skipped} similar failures not logged)",
+                              what=what, error=failure.value, skipped=skipped)  # fmt: skip
         else:
             self.log.failure("{what} failed", failure, what=what)

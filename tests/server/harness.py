@@ -134,11 +134,21 @@ class Client:
 class Harness:
     """A factory over a MemoryStore with a Clock, inline hashing and no TLS."""
 
-    def __init__(self, config: ServerConfig | None = None, queue_limit: int = 10_000) -> None:
+    def __init__(
+        self,
+        config: ServerConfig | None = None,
+        queue_limit: int = 10_000,
+        store_section: StoreSection | None = None,
+    ) -> None:
         self.config = config or make_config()
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
-        self.store = MemoryStore(StoreSection(queue_limit=queue_limit), clock=self.clock)
+        if store_section is None:
+            # Strangers' quotas as large as the queue: only the quota tests want them small.
+            store_section = StoreSection(
+                queue_limit=queue_limit, stranger_limit=queue_limit, strangers_limit=queue_limit
+            )
+        self.store = MemoryStore(store_section, clock=self.clock)
         portal = make_portal(self.config, self.store, run_inline, params=CHEAP)
         throttle = LoginThrottle.from_config(self.config.auth, self.clock.seconds)
         self.auth = AuthService(portal, throttle, self.clock, failure_delay=0)

@@ -210,8 +210,8 @@ def test_concurrent_fetches_hand_out_each_prekey_once(store: Any) -> Any:
 @pytest_twisted.inlineCallbacks
 def test_contact_request_and_accept(store: Any) -> Any:
     """A request is pending on both sides until the peer accepts it."""
-    assert (yield store.request_contact("alice", "bob")) == CONTACT_PENDING_OUT
-    assert (yield store.request_contact("alice", "bob")) == CONTACT_PENDING_OUT
+    assert (yield store.request_contact("alice", "bob")) == (CONTACT_PENDING_OUT, True)
+    assert (yield store.request_contact("alice", "bob")) == (CONTACT_PENDING_OUT, False)
     assert (yield store.list_contacts("alice")) == [("bob", CONTACT_PENDING_OUT)]
     assert (yield store.list_contacts("bob")) == [("alice", CONTACT_PENDING_IN)]
     assert (yield store.are_contacts("alice", "bob")) is False
@@ -219,7 +219,7 @@ def test_contact_request_and_accept(store: Any) -> Any:
     assert (yield store.accept_contact("bob", "alice")) is True
     assert (yield store.are_contacts("alice", "bob")) is True
     assert (yield store.are_contacts("bob", "alice")) is True
-    assert (yield store.request_contact("bob", "alice")) == CONTACT_ACCEPTED
+    assert (yield store.request_contact("bob", "alice")) == (CONTACT_ACCEPTED, False)
     assert (yield store.accept_contact("bob", "alice")) is False
 
 
@@ -227,7 +227,7 @@ def test_contact_request_and_accept(store: Any) -> Any:
 def test_crossing_requests_accept(store: Any) -> Any:
     """If the peer already asked, asking back makes both accepted contacts."""
     yield store.request_contact("alice", "carol")
-    assert (yield store.request_contact("carol", "alice")) == CONTACT_ACCEPTED
+    assert (yield store.request_contact("carol", "alice")) == (CONTACT_ACCEPTED, True)
     assert (yield store.list_contacts("alice")) == [("carol", CONTACT_ACCEPTED)]
 
 

@@ -10,6 +10,7 @@ them again (clients drop duplicates), but never loses an envelope that was not a
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from twisted.internet.task import Clock
 
 from securechat.server.store.interface import ROLE_USER
 from securechat.server.store.sqlite import ACK_DELAY, SQLiteStore
-from tests.server.test_store import env, make_store, section
+from tests.server.test_store import env, failure_of, make_store, section
 
 
 @pytest.fixture
@@ -183,3 +184,92 @@ def test_multi_row_inserts_keep_order_and_fields(tmp_path: Path, clock: Clock, c
         assert (yield s.pending("alice", 0, 10_000)) == stored
     finally:
         yield s.stop()
+
+
+def _query_only(on: bool) -> Any:
+    def set_it(conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA query_only = {int(on)}")
+
+    return set_it
+
+
+@pytest_twisted.inlineCallbacks
+def test_failed_acks_back_off_instead_of_riding_every_commit(tmp_path: Path, clock: Clock) -> Any:
+    """When the transaction carrying acks fails, later group commits go without them (so
+    they are not failed by them) and the acks are retried on their own, ever later."""
+    from securechat.server.store.acks import FIRST_RETRY
+
+    s = SQLiteStore(section(tmp_path, queue_limit=100), clock)
+    yield s.start()
+    try:
+        yield s.add_user("alice", ROLE_USER, None, None)
+        stored = yield s.enqueue([env("alice", i) for i in range(3)])
+        yield s.run(_query_only(True))  # every write fails from now on, like a full disk
+        s.acknowledge_later("alice", stored[1].seq)
+        clock.advance(ACK_DELAY)
+        yield s.run(lambda c: None)  # the failed ack transaction has finished
+        assert s._acks.failures == 1
+        assert [e.seq for e in (yield s.pending("alice", 0, 10))] == [stored[2].seq]
+        yield s.run(_query_only(False))
+        more = yield s.enqueue([env("alice", 7)])  # succeeds: the acks stay out of it
+        assert (yield s.run(_rows, "alice")) == [e.seq for e in stored] + [more[0].seq]
+        yield s.run(_query_only(True))
+        clock.advance(FIRST_RETRY)  # the retry fails: the next waits twice as long
+        yield s.run(lambda c: None)
+        assert s._acks.failures == 2 and s._acks.retry_delay() == 2 * FIRST_RETRY
+        yield s.run(_query_only(False))
+        clock.advance(2 * FIRST_RETRY)
+        yield s.run(lambda c: None)
+        assert (yield s.run(_rows, "alice")) == [stored[2].seq, more[0].seq]
+        assert s._acks.failures == 0
+    finally:
+        yield s.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_stop_ends_when_acks_keep_failing(tmp_path: Path, clock: Clock) -> Any:
+    """Stopping tries the acks once and then stops (it used to retry them in a tight
+    loop forever, so SIGTERM never finished)."""
+    s = SQLiteStore(section(tmp_path, queue_limit=100), clock)
+    yield s.start()
+    yield s.add_user("alice", ROLE_USER, None, None)
+    stored = yield s.enqueue([env("alice", i) for i in range(3)])
+    yield s.run(_query_only(True))
+    s.acknowledge_later("alice", stored[2].seq)
+    yield s.stop()
+    assert s.ack_transactions == 0 and not s._acks
+
+
+_FOREVER = (
+    "WITH RECURSIVE c(x) AS (SELECT started() UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+)
+
+
+def _run_forever(conn: sqlite3.Connection, started: threading.Event) -> None:
+    conn.create_function("started", 0, lambda: started.set() or 1)
+    conn.execute(_FOREVER).fetchone()
+
+
+@pytest_twisted.inlineCallbacks
+def test_stop_refuses_new_envelopes_and_ends_after_the_grace(tmp_path: Path, clock: Clock) -> Any:
+    """A stop refuses new envelopes at once; work that does not finish (a statement that
+    runs forever, standing in for a hung disk) is interrupted after the grace period,
+    and what still waits is refused (never accepted, so nothing is lost)."""
+    from securechat.errors import StoreError
+    from securechat.server.store.sqlite import STOP_GRACE
+
+    s = SQLiteStore(section(tmp_path, queue_limit=100), clock)
+    yield s.start()
+    yield s.add_user("alice", ROLE_USER, None, None)
+    started = threading.Event()
+    hung = s.run(_run_forever, started)
+    assert started.wait(10)  # the statement is running on the pool thread
+    in_flight = s.enqueue([env("alice", 1)])  # its transaction is behind the hung statement
+    waiting = s.enqueue([env("alice", 2)])  # waits for the next group commit
+    stopped = s.stop()
+    assert isinstance((yield failure_of(s.enqueue([env("alice", 3)]))), StoreError)
+    clock.advance(STOP_GRACE)
+    assert isinstance((yield failure_of(hung)), StoreError)  # "interrupted"
+    assert isinstance((yield failure_of(waiting)), StoreError)
+    assert [e.message_id for e in (yield in_flight)] == [b"id1"]  # committed: accepted
+    yield stopped

@@ -79,19 +79,21 @@ def test_upgrade_equals_fresh(tmp_path: Path, start: int) -> None:
 
 def test_upgrade_keeps_data_and_a_backup(tmp_path: Path) -> None:
     """Rows survive the upgrade and the pre-upgrade file is saved as ``-backup-v1``."""
-    from securechat.server.store import queries
+    from securechat.server.store import queries, queuesql
     from securechat.server.store.interface import NewEnvelope
+    from securechat.server.store.quota import QueueLimits, QueueUsage
 
     path = tmp_path / "db.sqlite3"
     conn = schema.open_database(path, files=files_up_to(1))
     queries.add_user(conn, "alice", ROLE_USER, None, b"ik", 1.0)
-    queries.enqueue_batch(conn, [[NewEnvelope("alice", "bob", "dh", b"m", None, b"p")]], 2.0, 10)
+    envelope = NewEnvelope("alice", "bob", "dh", b"m", None, b"p")
+    queuesql.enqueue_batch(conn, [[envelope]], 2.0, QueueUsage(QueueLimits()))
     conn.close()
 
     conn = schema.open_database(path)
     try:
         assert queries.get_user(conn, "alice") is not None
-        assert [e.payload for e in queries.pending(conn, "alice", 0, 10)] == [b"p"]
+        assert [e.payload for e in queuesql.pending(conn, "alice", 0, 10)] == [b"p"]
     finally:
         conn.close()
     backup = tmp_path / "db.sqlite3-backup-v1"

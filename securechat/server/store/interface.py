@@ -50,6 +50,14 @@ class PrekeyBundle:
     one_time_prekey: bytes | None
 
 
+class ContactChange(NamedTuple):
+    """The outcome of a contact request: the requester's state, and whether it changed
+    (a repeated request changes nothing, and nobody is told again)."""
+
+    state: str
+    changed: bool
+
+
 class QueuedEnvelope(NamedTuple):
     """An envelope waiting for its recipient.
 
@@ -68,7 +76,12 @@ class QueuedEnvelope(NamedTuple):
 
 
 class NewEnvelope(NamedTuple):
-    """An envelope the relay has accepted and asks the store to make durable."""
+    """An envelope the relay has accepted and asks the store to make durable.
+
+    ``stranger``: the sender is not an accepted contact of the recipient (and this is
+    not a room envelope), so the smaller first-contact quota applies
+    (:mod:`securechat.server.store.quota`).
+    """
 
     recipient: str
     sender: str
@@ -76,6 +89,7 @@ class NewEnvelope(NamedTuple):
     message_id: bytes
     room: str | None
     payload: bytes
+    stranger: bool = False
 
 
 class IStore(Interface):
@@ -129,8 +143,9 @@ class IStore(Interface):
         """How many one-time prekeys are left."""
 
     # -- contacts --------------------------------------------------------------
-    def request_contact(user: str, peer: str) -> Deferred[str]:
-        """Record a request from ``user`` to ``peer``; returns the resulting state for ``user``.
+    def request_contact(user: str, peer: str) -> Deferred[ContactChange]:
+        """Record a request from ``user`` to ``peer``; returns the resulting state for
+        ``user`` and whether the request changed anything.
 
         If ``peer`` had already asked ``user``, both become ``accepted``.
         """
@@ -169,11 +184,14 @@ class IStore(Interface):
 
         Concurrent calls are grouped into one transaction (group commit). The result
         lists the stored envelopes in the same order. If a recipient's queue is full
-        the whole call errbacks with ``QueueFull`` and nothing of it is stored.
+        the whole call errbacks with ``QueueFull`` and nothing of it is stored; the same
+        when a quota of :mod:`securechat.server.store.quota` would be exceeded. When the
+        disk is almost full it errbacks with ``StoreUnavailable`` (nothing stored).
         """
 
     def pending(recipient: str, after_seq: int, limit: int) -> Deferred[list[QueuedEnvelope]]:
-        """Envelopes for ``recipient`` with ``seq > after_seq``, oldest first."""
+        """Envelopes for ``recipient`` with ``seq > after_seq``, oldest first, leaving out
+        those past the TTL (never delivered, even before :meth:`expire` deletes them)."""
 
     def acknowledge(recipient: str, up_to_seq: int) -> Deferred[int]:
         """Delete every envelope of ``recipient`` with ``seq <= up_to_seq``; returns how many."""

@@ -19,19 +19,21 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from securechat.config import StoreSection
-from securechat.errors import NoSuchUser, QueueFull, StoreError, TooManyPrekeys, UserExists
+from securechat.errors import NoSuchUser, StoreError, TooManyPrekeys, UserExists
 from securechat.server.store.interface import (
     CONTACT_ACCEPTED,
     CONTACT_PENDING_IN,
     CONTACT_PENDING_OUT,
     ROLE_ADMIN,
     ROLE_USER,
+    ContactChange,
     IStore,
     NewEnvelope,
     PrekeyBundle,
     QueuedEnvelope,
     UserRecord,
 )
+from securechat.server.store.quota import QueueLimits, QueueUsage, UsageRows, wanted_of
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -62,8 +64,8 @@ class MemoryStore:
 
     def __init__(self, section: StoreSection | None = None, clock: IReactorTime | None = None):
         section = section or StoreSection()
-        self.queue_limit = section.queue_limit
         self.queue_ttl = section.queue_ttl
+        self._usage = QueueUsage(QueueLimits.from_section(section))
         self._clock = clock if clock is not None else _default_clock()
         self._users: dict[str, UserRecord] = {}
         self._keys: dict[tuple[str, str], _Keys] = {}
@@ -73,6 +75,28 @@ class MemoryStore:
         self._last_seq = 0
         #: Number of enqueue "transactions", mirroring :attr:`SQLiteStore.transactions`.
         self.transactions = 0
+
+    @property
+    def queue_limit(self) -> int:
+        """IStore API: envelopes queued per recipient at most."""
+        return self._usage.limits.queue_limit
+
+    @property
+    def limits(self) -> QueueLimits:
+        """The queue quotas in force."""
+        return self._usage.limits
+
+    @limits.setter
+    def limits(self, value: QueueLimits) -> None:
+        self._usage.limits = value
+
+    def _usage_rows(self, recipient: str) -> UsageRows:
+        rows: dict[str, list[int]] = {}
+        for e in self._queues.get(recipient, ()):
+            entry = rows.setdefault(e.sender, [0, 0])
+            entry[0] += 1
+            entry[1] += len(e.payload)
+        return [(sender, n, size) for sender, (n, size) in rows.items()]
 
     @staticmethod
     def _call(fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> Deferred[_T]:
@@ -131,6 +155,7 @@ class MemoryStore:
         for room in [r for r, members in self._rooms.items() if name in members]:
             self._leave_room(room, name)
         self._queues.pop(name, None)
+        self._usage.forget(name)
         return defer.succeed(True)
 
     def set_identity_key(self, name: str, identity_key: bytes) -> Deferred[None]:
@@ -199,20 +224,20 @@ class MemoryStore:
         return defer.succeed(len(keys.one_time) if keys else 0)
 
     # -- contacts --------------------------------------------------------------
-    def request_contact(self, user: str, peer: str) -> Deferred[str]:
+    def request_contact(self, user: str, peer: str) -> Deferred[ContactChange]:
         """IStore API."""
         return self._call(self._request_contact, user, peer)
 
-    def _request_contact(self, user: str, peer: str) -> str:
+    def _request_contact(self, user: str, peer: str) -> ContactChange:
         self._check_pair(user, peer)
         state = self._contacts.get(user, {}).get(peer)
         if state == CONTACT_PENDING_IN:
             self._set_pair(user, peer, CONTACT_ACCEPTED, CONTACT_ACCEPTED)
-            return CONTACT_ACCEPTED
+            return ContactChange(CONTACT_ACCEPTED, True)
         if state is None:
             self._set_pair(user, peer, CONTACT_PENDING_OUT, CONTACT_PENDING_IN)
-            return CONTACT_PENDING_OUT
-        return state
+            return ContactChange(CONTACT_PENDING_OUT, True)
+        return ContactChange(state, False)
 
     def accept_contact(self, user: str, peer: str) -> Deferred[bool]:
         """IStore API."""
@@ -289,13 +314,12 @@ class MemoryStore:
         return self._call(self._enqueue, envelopes)
 
     def _enqueue(self, envelopes: list[NewEnvelope]) -> list[QueuedEnvelope]:
-        wanted: dict[str, int] = {}
-        for env in envelopes:
-            wanted[env.recipient] = wanted.get(env.recipient, 0) + 1
-        for recipient, count in wanted.items():
+        wanted = wanted_of((e.recipient, e.sender, len(e.payload), e.stranger) for e in envelopes)
+        for recipient, _, _ in wanted:
             self._need_user(recipient)
-            if len(self._queues.get(recipient, ())) + count > self.queue_limit:
-                raise QueueFull(recipient)
+        error = self._usage.admit(wanted, self._usage_rows)
+        if error is not None:
+            raise error
         now = self._clock.seconds()
         stored = []
         for env in envelopes:
@@ -316,9 +340,11 @@ class MemoryStore:
         return stored
 
     def pending(self, recipient: str, after_seq: int, limit: int) -> Deferred[list[QueuedEnvelope]]:
-        """IStore API."""
+        """IStore API: envelopes past the TTL are left out."""
         queue = self._queues.get(recipient, [])
-        return defer.succeed([e for e in queue if e.seq > after_seq][: max(limit, 0)])
+        cutoff = self._clock.seconds() - self.queue_ttl
+        fresh = [e for e in queue if e.seq > after_seq and e.accepted_at >= cutoff]
+        return defer.succeed(fresh[: max(limit, 0)])
 
     def acknowledge(self, recipient: str, up_to_seq: int) -> Deferred[int]:
         """IStore API."""
@@ -329,6 +355,7 @@ class MemoryStore:
             self._queues[recipient] = kept
         else:
             self._queues.pop(recipient, None)
+        self._usage.forget(recipient)
         return defer.succeed(removed)
 
     def acknowledge_later(self, recipient: str, up_to_seq: int) -> None:
@@ -354,6 +381,7 @@ class MemoryStore:
                 self._queues[recipient] = kept
             else:
                 del self._queues[recipient]
+        self._usage.clear()
         return defer.succeed(removed)
 
     def ping(self) -> Deferred[None]:

@@ -11,20 +11,18 @@ what the write depends on, and keeps it short so the other process is not held u
 from __future__ import annotations
 
 import sqlite3
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from securechat.errors import NoSuchUser, QueueFull, StoreError, TooManyPrekeys, UserExists
+from securechat.errors import NoSuchUser, StoreError, TooManyPrekeys, UserExists
 from securechat.server.store.interface import (
     CONTACT_ACCEPTED,
     CONTACT_PENDING_IN,
     CONTACT_PENDING_OUT,
     ROLE_ADMIN,
     ROLE_USER,
-    NewEnvelope,
+    ContactChange,
     PrekeyBundle,
-    QueuedEnvelope,
     UserRecord,
 )
 
@@ -220,18 +218,19 @@ def _check_pair(conn: sqlite3.Connection, a: str, b: str) -> None:
     _need_user(conn, b)
 
 
-def request_contact(conn: sqlite3.Connection, user: str, peer: str) -> str:
-    """``user`` asks ``peer``; a crossing request from ``peer`` turns into acceptance."""
+def request_contact(conn: sqlite3.Connection, user: str, peer: str) -> ContactChange:
+    """``user`` asks ``peer``; a crossing request from ``peer`` turns into acceptance,
+    and a repeated one changes nothing (``changed`` is False)."""
     with write_transaction(conn):
         _check_pair(conn, user, peer)
         state = _contact_state(conn, user, peer)
         if state == CONTACT_PENDING_IN:
             _set_pair(conn, user, peer, CONTACT_ACCEPTED, CONTACT_ACCEPTED)
-            return CONTACT_ACCEPTED
+            return ContactChange(CONTACT_ACCEPTED, True)
         if state is None:
             _set_pair(conn, user, peer, CONTACT_PENDING_OUT, CONTACT_PENDING_IN)
-            return CONTACT_PENDING_OUT
-        return state
+            return ContactChange(CONTACT_PENDING_OUT, True)
+        return ContactChange(state, False)
 
 
 def accept_contact(conn: sqlite3.Connection, user: str, peer: str) -> bool:
@@ -306,163 +305,6 @@ def user_rooms(conn: sqlite3.Connection, user: str) -> list[str]:
     """Rooms ``user`` is in, ordered by name."""
     cur = conn.execute("SELECT room FROM room_members WHERE user = ? ORDER BY room", (user,))
     return [str(r[0]) for r in cur]
-
-
-# -- offline queue -------------------------------------------------------------
-_LENGTH_IF_USER = (
-    "SELECT (SELECT 1 FROM users WHERE name = ?), (SELECT count(*) FROM queue WHERE recipient = ?)"
-)
-_DELETE_ACKED = "DELETE FROM queue WHERE recipient = ? AND seq <= ?"
-
-
-def enqueue_batch(
-    conn: sqlite3.Connection,
-    calls: list[list[NewEnvelope]],
-    now: float,
-    queue_limit: int,
-    acks: list[tuple[str, int]] | None = None,
-) -> list[list[QueuedEnvelope] | StoreError]:
-    """Store several callers' envelopes in one transaction (the group commit).
-
-    ``acks`` are coalesced cumulative acknowledgements, ``(recipient, up_to_seq)``: their
-    DELETEs ride in the same transaction, before the queue lengths are read, so the
-    queue limit sees the acknowledged envelopes gone.
-
-    Each call is all-or-nothing on its own: a call that would overfill a queue or names an
-    unknown recipient gets its error in the result list and stores nothing, while the
-    other calls of the batch go ahead. Queue lengths are read once per recipient and kept
-    up to date across the calls, so the limit holds within the batch too. Sequence
-    numbers are assigned here from ``sqlite_sequence``, which is safe because
-    ``BEGIN IMMEDIATE`` holds the only write lock; that lets one ``executemany`` insert
-    the whole batch.
-
-    :returns: for each call, its stored envelopes in order, or the error it got.
-    """
-    results: list[list[QueuedEnvelope] | StoreError] = []
-    with write_transaction(conn):
-        if acks:
-            conn.executemany(_DELETE_ACKED, acks)
-        lengths: dict[str, int | None] = {}
-        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'queue'").fetchone()
-        seq = int(row[0]) if row else 0
-        rows: list[QueuedEnvelope] = []  # in _INSERT_QUEUE's column order
-        for envelopes in calls:
-            if len(envelopes) == 1:  # the common case, without a Counter
-                wanted: dict[str, int] = {envelopes[0].recipient: 1}
-            else:
-                wanted = Counter(e.recipient for e in envelopes)
-            error = _check_limits(conn, lengths, wanted, queue_limit)
-            if error is not None:
-                results.append(error)
-                continue
-            for recipient, n in wanted.items():
-                lengths[recipient] = (lengths[recipient] or 0) + n
-            stored = []
-            for e in envelopes:
-                seq += 1
-                stored.append(
-                    QueuedEnvelope(
-                        seq, e.recipient, e.sender, e.backend, e.message_id, e.room, now, e.payload
-                    )
-                )
-            rows += stored
-            results.append(stored)
-        _insert_rows(conn, rows)
-    return results
-
-
-def enqueue_batch_counting_acks(
-    conn: sqlite3.Connection,
-    calls: list[list[NewEnvelope]],
-    now: float,
-    queue_limit: int,
-    acks: list[tuple[str, int]],
-) -> tuple[list[list[QueuedEnvelope] | StoreError], int]:
-    """:func:`enqueue_batch`, plus how many envelopes its acknowledgements deleted
-    (the rows it changed beyond those it inserted), for the ``acked`` metric."""
-    before = conn.total_changes
-    result = enqueue_batch(conn, calls, now, queue_limit, acks)
-    inserted = sum(len(r) for r in result if isinstance(r, list))
-    return result, conn.total_changes - before - inserted
-
-
-#: Rows per multi-row INSERT, largest first. A few fixed sizes keep the statements in
-#: sqlite3's statement cache; one statement per chunk instead of one ``executemany`` step
-#: per row saves a GIL release and re-acquisition per envelope on the store thread.
-_CHUNKS = (256, 64, 16, 4, 1)
-_INSERT_MANY = {  # only placeholders are repeated: no value is ever put in the SQL text
-    n: _INSERT_QUEUE + ", (?, ?, ?, ?, ?, ?, ?, ?)" * (n - 1) for n in _CHUNKS
-}
-
-
-def _insert_rows(conn: sqlite3.Connection, rows: list[QueuedEnvelope]) -> None:
-    i, total = 0, len(rows)
-    max_rows = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 8  # 999 on old builds
-    for n in _CHUNKS:
-        if n > max_rows and n > 1:
-            continue
-        sql = _INSERT_MANY[n]
-        while total - i >= n:
-            if n == 1:
-                conn.executemany(sql, rows[i:])
-                return
-            conn.execute(sql, [v for row in rows[i : i + n] for v in row])
-            i += n
-
-
-def _check_limits(
-    conn: sqlite3.Connection,
-    lengths: dict[str, int | None],
-    wanted: dict[str, int],
-    queue_limit: int,
-) -> StoreError | None:
-    """The error one call would hit, reading each recipient's queue length at most once."""
-    for recipient, n in wanted.items():
-        if recipient not in lengths:
-            lengths[recipient] = _length_if_user(conn, recipient)
-        have = lengths[recipient]
-        if have is None:
-            return NoSuchUser(recipient)
-        if have + n > queue_limit:
-            return QueueFull(recipient)
-    return None
-
-
-def _length_if_user(conn: sqlite3.Connection, recipient: str) -> int | None:
-    """``recipient``'s queue length, or None if there is no such user (one statement)."""
-    row = conn.execute(_LENGTH_IF_USER, (recipient, recipient)).fetchone()
-    return None if row[0] is None else int(row[1])
-
-
-def pending(
-    conn: sqlite3.Connection, recipient: str, after_seq: int, limit: int
-) -> list[QueuedEnvelope]:
-    """Up to ``limit`` envelopes for ``recipient`` after ``after_seq``, oldest first."""
-    cur = conn.execute(
-        _SELECT_PENDING,
-        (recipient, after_seq, max(limit, 0)),
-    )
-    return [QueuedEnvelope(*r) for r in cur]
-
-
-def acknowledge(conn: sqlite3.Connection, recipient: str, up_to_seq: int) -> int:
-    """Delete ``recipient``'s envelopes up to and including ``up_to_seq``."""
-    with write_transaction(conn):
-        return conn.execute(_DELETE_ACKED, (recipient, up_to_seq)).rowcount
-
-
-def queue_length(conn: sqlite3.Connection, recipient: str, after_seq: int = 0) -> int:
-    """How many envelopes wait for ``recipient`` (only those after ``after_seq``)."""
-    row = conn.execute(
-        "SELECT count(*) FROM queue WHERE recipient = ? AND seq > ?", (recipient, after_seq)
-    ).fetchone()
-    return int(row[0])
-
-
-def expire(conn: sqlite3.Connection, cutoff: float) -> int:
-    """Delete envelopes accepted before ``cutoff``."""
-    with write_transaction(conn):
-        return conn.execute("DELETE FROM queue WHERE accepted_at < ?", (cutoff,)).rowcount
 
 
 # -- operations ----------------------------------------------------------------

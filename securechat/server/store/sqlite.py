@@ -25,6 +25,7 @@ import os
 import sqlite3
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar, cast
@@ -39,16 +40,20 @@ from zope.interface import implementer
 
 from securechat.config import StoreSection
 from securechat.errors import StoreError
+from securechat.server.loglimit import RepeatLimiter
 from securechat.server.metrics import NULL_METRICS, IMetrics
-from securechat.server.store import lockfile, queries, schema
+from securechat.server.store import lockfile, queries, queuesql, schema
+from securechat.server.store.acks import PendingAcks
+from securechat.server.store.diskspace import DiskSpace
 from securechat.server.store.interface import (
     IStore,
     NewEnvelope,
     PrekeyBundle,
     QueuedEnvelope,
-    UserRecord,
 )
 from securechat.server.store.memory import _default_clock
+from securechat.server.store.quota import QueueLimits, QueueUsage
+from securechat.server.store.sqlitesocial import SocialQueries
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -58,12 +63,22 @@ _Waiter = tuple[list[NewEnvelope], "Deferred[list[QueuedEnvelope]]"]
 #: Seconds a coalesced acknowledgement waits for a group commit to ride in before it
 #: gets a transaction of its own.
 ACK_DELAY = 0.05
+#: Seconds :meth:`SQLiteStore.stop` waits for work in flight before it interrupts the
+#: database and refuses what is still waiting (never accepted, so nothing is lost); a
+#: stop must finish well within the 5 s an init system gives before SIGKILL.
+STOP_GRACE = 2.0
 
 
-def _open_connection(conn: sqlite3.Connection, synchronous: str, busy_timeout: float) -> None:
+def _open_connection(
+    conn: sqlite3.Connection,
+    synchronous: str,
+    busy_timeout: float,
+    opened: list[sqlite3.Connection],
+) -> None:
     """adbapi ``cp_openfun``: configure each new connection, closing it if that fails."""
     try:
         schema.configure(conn, synchronous, busy_timeout)
+        opened[:] = [conn]  # the one connection, for interrupt() at stop
     except sqlite3.DatabaseError as e:
         conn.close()
         raise StoreError(f"not a usable securechat database ({e})") from None
@@ -84,7 +99,7 @@ def _as_store_error(failure: Failure) -> Failure:
 
 
 @implementer(IStore)
-class SQLiteStore:
+class SQLiteStore(SocialQueries):
     """:class:`IStore` on an SQLite file in WAL mode.
 
     :param section: the ``[store]`` config (path, queue policy, synchronous, max_batch).
@@ -107,9 +122,15 @@ class SQLiteStore:
         busy_timeout: float = schema.DEFAULT_BUSY_TIMEOUT,
         schema_files: schema.SchemaFiles = schema.PACKAGED,
     ) -> None:
-        self.queue_limit = section.queue_limit
         self.queue_ttl = section.queue_ttl
+        self._usage = QueueUsage(QueueLimits.from_section(section))
         self._path = str(section.path)
+        self.space = (
+            None
+            if self._path == schema.MEMORY
+            else DiskSpace(str(Path(self._path).parent), section.min_free_bytes)
+        )
+        self._conn: list[sqlite3.Connection] = []
         self._max_batch = section.max_batch
         self._clock = clock if clock is not None else _default_clock()
         self._schema_files = schema_files
@@ -123,21 +144,25 @@ class SQLiteStore:
             cp_max=1,
             cp_noisy=False,
             cp_openfun=partial(
-                _open_connection, synchronous=section.synchronous, busy_timeout=busy_timeout
+                _open_connection, synchronous=section.synchronous, busy_timeout=busy_timeout,
+                opened=self._conn,
             ),
-        )
+        )  # fmt: skip
         self._waiting: deque[_Waiter] = deque()
-        #: recipient -> highest acknowledged seq not yet in a transaction, and the ones
-        #: in the transaction in flight (both filter :meth:`pending`).
-        self._acks: dict[str, int] = {}
-        self._acks_applying: dict[str, int] = {}
+        #: Acknowledgements not yet written (they also filter :meth:`pending`).
+        self._acks = PendingAcks()
         self._ack_call: IDelayedCall | None = None
         self._flushing = False
         self._busy = 0
         self._idle: list[Deferred[None]] = []
+        self._stopping = False
+        self._final_acks_tried = False
+        self._grace_call: IDelayedCall | None = None
+        self._grace_spent = False
         self._stopped = False
         self._opened = False
         self._lock_fd: int | None = None
+        self._log_limit = RepeatLimiter(self._clock.seconds)
         #: Committed enqueue transactions: with :attr:`envelopes_committed`, the batching
         #: factor of the group commit (tests and ``bench/store.py`` read it).
         self.transactions = 0
@@ -145,6 +170,24 @@ class SQLiteStore:
         #: Coalesced acknowledgements applied, and transactions that carried only those.
         self.acks_applied = 0
         self.ack_transactions = 0
+
+    @property
+    def queue_limit(self) -> int:
+        """IStore API: envelopes queued per recipient at most."""
+        return self._usage.limits.queue_limit
+
+    @queue_limit.setter
+    def queue_limit(self, value: int) -> None:
+        self._usage.limits = replace(self._usage.limits, queue_limit=value)
+
+    @property
+    def limits(self) -> QueueLimits:
+        """The queue quotas in force (tests and benchmarks may replace them)."""
+        return self._usage.limits
+
+    @limits.setter
+    def limits(self, value: QueueLimits) -> None:
+        self._usage.limits = value
 
     # -- plumbing --------------------------------------------------------------
     def run(
@@ -182,10 +225,22 @@ class SQLiteStore:
 
     def _maybe_idle(self) -> None:
         if self._busy == 0 and not self._waiting and not self._flushing:
-            if self._idle and self._acks:
-                self._flush()  # stopping: acknowledgements are written before closing
+            if self._idle and self._acks and not self._final_acks_tried:
+                # Stopping: acknowledgements are written before closing, in one last try
+                # (a store that keeps failing must not keep the process from exiting).
+                self._final_acks_tried = True
+                self._flush(with_acks=True)
                 return
+            if self._idle and self._acks:
+                n = self._acks.give_up()
+                self.log.warn(
+                    "{n} acknowledgements could not be written before stopping; those "
+                    "envelopes will be delivered again (clients drop duplicates)", n=n
+                )  # fmt: skip
             idle, self._idle = self._idle, []
+            if self._grace_call is not None and self._grace_call.active():
+                self._grace_call.cancel()
+            self._grace_call = None
             for d in idle:
                 d.callback(None)
 
@@ -229,19 +284,51 @@ class SQLiteStore:
     def stop(self) -> Deferred[None]:
         """IStore API: wait for queued and running operations, then close the pool.
 
-        The WAL is checkpointed on the pool thread first: closing the last connection
-        otherwise does that disk work on the reactor thread, where adbapi closes it.
+        From now on new envelopes are refused (not accepted, so the sender keeps them);
+        those already waiting get their commit. Acknowledgements get one last try. If the
+        work in flight is not done within :data:`STOP_GRACE` seconds (a database locked
+        by another process, a very slow disk), the running statement is interrupted and
+        what still waits is refused, so a stop always ends. The WAL is checkpointed on
+        the pool thread first: closing the last connection otherwise does that disk work
+        on the reactor thread, where adbapi closes it.
         """
+        self._stopping = True
+        if self._ack_call is not None and self._ack_call.active():
+            self._ack_call.cancel()
+        self._ack_call = None
         idle: Deferred[None] = Deferred()
         if self._busy or self._waiting or self._flushing or self._acks:
             self._idle.append(idle)
+            if self._grace_call is None:
+                self._grace_call = self._clock.callLater(STOP_GRACE, self._grace_over)
             self._maybe_idle()
         else:
             idle.callback(None)
         if self._opened and self._path != schema.MEMORY:
-            idle.addCallback(lambda _: self.run(_checkpoint))
+            idle.addCallback(self._final_checkpoint)
             idle.addErrback(self._checkpoint_failed)
         return idle.addCallback(lambda _: self._close())
+
+    def _final_checkpoint(self, _: None) -> Deferred[None] | None:
+        if self._grace_spent:  # the database hung once already: no more waiting
+            return None
+        return self.run(_checkpoint)
+
+    def _grace_over(self) -> None:
+        """A stop waited long enough: interrupt the database and refuse what waits."""
+        self._grace_call = None
+        self._grace_spent = True
+        waiting, self._waiting = list(self._waiting), deque()
+        self.log.warn(
+            "stopping: interrupting the database ({n} calls refused, never accepted)",
+            n=len(waiting),
+        )
+        for conn in self._conn:
+            conn.interrupt()  # thread-safe; the running statement fails with "interrupted"
+        for _, d in waiting:
+            d.errback(StoreError("the store is stopping"))
+        self._final_acks_tried = True
+        self._maybe_idle()
 
     def _checkpoint_failed(self, failure: Failure) -> None:
         # Nothing is lost: SQLite replays the WAL on the next open.
@@ -259,29 +346,14 @@ class SQLiteStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    # -- users -----------------------------------------------------------------
-    def add_user(
-        self, name: str, role: str, password_hash: str | None, identity_key: bytes | None
-    ) -> Deferred[UserRecord]:
-        """IStore API."""
-        now = self._clock.seconds()
-        return self.run(queries.add_user, name, role, password_hash, identity_key, now)
-
-    def get_user(self, name: str) -> Deferred[UserRecord | None]:
-        """IStore API."""
-        return self.run(queries.get_user, name)
-
-    def list_users(self) -> Deferred[list[UserRecord]]:
-        """IStore API."""
-        return self.run(queries.list_users)
-
+    # -- users (the rest is in SocialQueries) ---------------------------------
     def remove_user(self, name: str) -> Deferred[bool]:
         """IStore API."""
-        return self.run(queries.remove_user, name)
+        return self.run(self._remove_user_now, name)
 
-    def set_identity_key(self, name: str, identity_key: bytes) -> Deferred[None]:
-        """IStore API."""
-        return self.run(queries.set_identity_key, name, identity_key)
+    def _remove_user_now(self, conn: sqlite3.Connection, name: str) -> bool:
+        self._usage.forget(name)
+        return queries.remove_user(conn, name)
 
     # -- prekeys ---------------------------------------------------------------
     def publish_prekeys(
@@ -306,48 +378,6 @@ class SQLiteStore:
         """IStore API."""
         return self.run(queries.count_one_time_prekeys, user, backend)
 
-    # -- contacts --------------------------------------------------------------
-    def request_contact(self, user: str, peer: str) -> Deferred[str]:
-        """IStore API."""
-        return self.run(queries.request_contact, user, peer)
-
-    def accept_contact(self, user: str, peer: str) -> Deferred[bool]:
-        """IStore API."""
-        return self.run(queries.accept_contact, user, peer)
-
-    def remove_contact(self, user: str, peer: str) -> Deferred[bool]:
-        """IStore API."""
-        return self.run(queries.remove_contact, user, peer)
-
-    def add_contact(self, a: str, b: str) -> Deferred[None]:
-        """IStore API."""
-        return self.run(queries.add_contact, a, b)
-
-    def list_contacts(self, user: str) -> Deferred[list[tuple[str, str]]]:
-        """IStore API."""
-        return self.run(queries.list_contacts, user)
-
-    def are_contacts(self, a: str, b: str) -> Deferred[bool]:
-        """IStore API."""
-        return self.run(queries.are_contacts, a, b)
-
-    # -- rooms -----------------------------------------------------------------
-    def join_room(self, room: str, user: str) -> Deferred[None]:
-        """IStore API."""
-        return self.run(queries.join_room, room, user, self._clock.seconds())
-
-    def leave_room(self, room: str, user: str) -> Deferred[bool]:
-        """IStore API."""
-        return self.run(queries.leave_room, room, user)
-
-    def room_members(self, room: str) -> Deferred[list[str]]:
-        """IStore API."""
-        return self.run(queries.room_members, room)
-
-    def user_rooms(self, user: str) -> Deferred[list[str]]:
-        """IStore API."""
-        return self.run(queries.user_rooms, user)
-
     # -- offline queue ---------------------------------------------------------
     def enqueue(self, envelopes: list[NewEnvelope]) -> Deferred[list[QueuedEnvelope]]:
         """IStore API: joins the next group-commit transaction.
@@ -356,8 +386,8 @@ class SQLiteStore:
         commit of latency and no timer; under load, everything that arrived during a
         commit goes into the next (at most ``max_batch`` envelopes, whole calls only).
         """
-        if self._stopped:
-            return defer.fail(StoreError("the store is stopped"))
+        if self._stopped or self._stopping:
+            return defer.fail(StoreError("the store is stopping"))
         if not envelopes:
             return defer.succeed([])
         d: Deferred[list[QueuedEnvelope]] = Deferred()
@@ -366,8 +396,12 @@ class SQLiteStore:
             self._flush()
         return d
 
-    def _flush(self) -> None:
-        """Start one transaction with as many waiting calls as fit in ``max_batch``."""
+    def _flush(self, with_acks: bool | None = None) -> None:
+        """Start one transaction with as many waiting calls as fit in ``max_batch``.
+
+        Acknowledgements ride along, unless they failed last time (``with_acks`` None):
+        then only their back-off timer takes them (:mod:`securechat.server.store.acks`).
+        """
         batch: list[_Waiter] = []
         size = 0
         while self._waiting and (not batch or size + len(self._waiting[0][0]) <= self._max_batch):
@@ -375,34 +409,41 @@ class SQLiteStore:
             batch.append(waiter)
             size += len(waiter[0])
         self._flushing = True
-        if self._ack_call is not None:
-            if self._ack_call.active():
-                self._ack_call.cancel()
-            self._ack_call = None
-        self._acks_applying, self._acks = self._acks, {}
+        if with_acks is None:
+            with_acks = not self._acks.backing_off
+        acks: list[tuple[str, int]] = []
+        if with_acks:
+            if self._ack_call is not None:
+                if self._ack_call.active():
+                    self._ack_call.cancel()
+                self._ack_call = None
+            acks = self._acks.take()
         now = self._clock.seconds()
         d = self.run(
-            queries.enqueue_batch_counting_acks,
+            queuesql.enqueue_batch_counting_acks,
             [envelopes for envelopes, _ in batch],
             now,
-            self.queue_limit,
-            list(self._acks_applying.items()),
+            self._usage,
+            acks,
+            None if self.space is None else self.space.check,
         )
-        d.addBoth(self._flushed, [waiter for _, waiter in batch], size, now)
+        d.addBoth(self._flushed, [waiter for _, waiter in batch], size, len(acks), now)
 
     def _flushed(
         self,
         done: tuple[list[list[QueuedEnvelope] | StoreError], int] | Failure,
         waiters: list[Deferred[list[QueuedEnvelope]]],
         size: int,
+        acks: int,
         started: float,
     ) -> None:
         """Fire each caller of a finished transaction, then start the next one.
 
         Callers are fired while ``_flushing`` is still set, so envelopes they enqueue in
         their callbacks wait for the next batch instead of each starting a transaction.
+        A failure that repeats (a full disk) is logged once per
+        :data:`securechat.server.loglimit.DEFAULT_INTERVAL` with a count.
         """
-        applied, self._acks_applying = self._acks_applying, {}
         if isinstance(done, Failure):
             result: list[list[QueuedEnvelope] | StoreError] | Failure = done
         else:
@@ -411,17 +452,25 @@ class SQLiteStore:
             if waiters:
                 self.metrics.group_commit(size, self._clock.seconds() - started)
         if isinstance(result, Failure):
-            self.log.warn(
-                "group commit of {calls} calls failed: {error}",
-                calls=len(waiters),
-                error=result.value,
-            )
-            for recipient, seq in applied.items():  # try those again with the next one
-                self._note_ack(recipient, seq)
+            self._acks.failed()
+            skipped = self._log_limit.allow("commit")
+            if skipped is not None:
+                self.log.warn(
+                    "group commit of {calls} calls and {acks} acknowledgements failed: "
+                    "{error} ({skipped} similar failures not logged)",
+                    calls=len(waiters), acks=acks, error=result.value, skipped=skipped,
+                )  # fmt: skip
             for waiter in waiters:
                 waiter.errback(result.value)
         else:
-            self.acks_applied += len(applied)
+            if acks:
+                failures = self._acks.succeeded()
+                if failures:
+                    self.log.info(
+                        "acknowledgements written again after {n} failed tries", n=failures
+                    )
+            self._log_limit.reset("commit")
+            self.acks_applied += acks
             if waiters:
                 self.transactions += 1
             else:
@@ -436,52 +485,62 @@ class SQLiteStore:
         if self._waiting:
             self._flush()
         else:
-            if self._acks and not self._stopped:
+            if self._acks and not self._stopping:
                 self._schedule_acks()
             self._maybe_idle()
 
     def _acked(self, recipient: str) -> int:
         """The highest seq ``recipient`` acknowledged that may not be deleted yet."""
-        return max(self._acks.get(recipient, 0), self._acks_applying.get(recipient, 0))
+        return self._acks.acked(recipient)
 
     def pending(self, recipient: str, after_seq: int, limit: int) -> Deferred[list[QueuedEnvelope]]:
-        """IStore API: acknowledged envelopes are skipped even before they are deleted."""
+        """IStore API: acknowledged envelopes are skipped even before they are deleted,
+        and so are those past the TTL."""
         after = max(after_seq, self._acked(recipient))
-        return self.run(queries.pending, recipient, after, limit)
+        cutoff = self._clock.seconds() - self.queue_ttl
+        return self.run(queuesql.pending, recipient, after, limit, cutoff)
 
     def acknowledge_later(self, recipient: str, up_to_seq: int) -> None:
         """IStore API: coalesced into the next group commit (see the module docstring)."""
         if self._stopped:
             return
-        if self._note_ack(recipient, up_to_seq) and not self._flushing:
+        if self._acks.note(recipient, up_to_seq) and not self._flushing:
             self._schedule_acks()
-
-    def _note_ack(self, recipient: str, up_to_seq: int) -> bool:
-        if up_to_seq <= self._acks.get(recipient, 0):
-            return False
-        self._acks[recipient] = up_to_seq
-        return True
 
     def _schedule_acks(self) -> None:
         if self._ack_call is None:
-            self._ack_call = self._clock.callLater(ACK_DELAY, self._ack_timer)
+            delay = self._acks.retry_delay() if self._acks.backing_off else ACK_DELAY
+            self._ack_call = self._clock.callLater(delay, self._ack_timer)
 
     def _ack_timer(self) -> None:
         self._ack_call = None
-        if self._acks and not self._flushing and not self._stopped:
-            self._flush()
+        if self._acks and not self._stopping:
+            if self._flushing:  # a commit is in flight: the timer fires again after it
+                return
+            self._flush(with_acks=True)
 
     def acknowledge(self, recipient: str, up_to_seq: int) -> Deferred[int]:
         """IStore API."""
-        return self.run(queries.acknowledge, recipient, up_to_seq)
+        return self.run(self._acknowledge_now, recipient, up_to_seq)
+
+    def _acknowledge_now(self, conn: sqlite3.Connection, recipient: str, up_to_seq: int) -> int:
+        # The quota counters are only touched on the pool thread, like the tables.
+        self._usage.forget(recipient)
+        return queuesql.acknowledge(conn, recipient, up_to_seq)
 
     def queue_length(self, recipient: str) -> Deferred[int]:
         """IStore API: acknowledged envelopes do not count, deleted yet or not."""
-        return self.run(queries.queue_length, recipient, self._acked(recipient))
+        return self.run(queuesql.queue_length, recipient, self._acked(recipient))
 
     def expire(self, now: float) -> Deferred[int]:
         """IStore API: drops envelopes accepted more than ``queue_ttl`` seconds before ``now``."""
-        return self.run(queries.expire, now - self.queue_ttl)
+        return self.run(self._expire_now, now - self.queue_ttl)
+
+    def _expire_now(self, conn: sqlite3.Connection, cutoff: float) -> int:
+        n = queuesql.expire(conn, cutoff)
+        if n:
+            self._usage.clear()  # counters reload from what is left
+        return n
 
     def ping(self) -> Deferred[None]:
         """IStore API: one read on the store thread (behind any running transaction)."""

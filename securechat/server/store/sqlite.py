@@ -25,7 +25,6 @@ import os
 import sqlite3
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar, cast
@@ -48,7 +47,6 @@ from securechat.server.store.diskspace import DiskSpace
 from securechat.server.store.interface import (
     IStore,
     NewEnvelope,
-    PrekeyBundle,
     QueuedEnvelope,
 )
 from securechat.server.store.memory import _default_clock
@@ -170,24 +168,6 @@ class SQLiteStore(SocialQueries):
         #: Coalesced acknowledgements applied, and transactions that carried only those.
         self.acks_applied = 0
         self.ack_transactions = 0
-
-    @property
-    def queue_limit(self) -> int:
-        """IStore API: envelopes queued per recipient at most."""
-        return self._usage.limits.queue_limit
-
-    @queue_limit.setter
-    def queue_limit(self, value: int) -> None:
-        self._usage.limits = replace(self._usage.limits, queue_limit=value)
-
-    @property
-    def limits(self) -> QueueLimits:
-        """The queue quotas in force (tests and benchmarks may replace them)."""
-        return self._usage.limits
-
-    @limits.setter
-    def limits(self, value: QueueLimits) -> None:
-        self._usage.limits = value
 
     # -- plumbing --------------------------------------------------------------
     def run(
@@ -355,29 +335,6 @@ class SQLiteStore(SocialQueries):
         self._usage.forget(name)
         return queries.remove_user(conn, name)
 
-    # -- prekeys ---------------------------------------------------------------
-    def publish_prekeys(
-        self,
-        user: str,
-        backend: str,
-        signed_prekey: bytes | None,
-        one_time_prekeys: list[tuple[int, bytes]],
-        max_one_time: int | None = None,
-    ) -> Deferred[int]:
-        """IStore API."""
-        return self.run(
-            queries.publish_prekeys, user, backend, signed_prekey, list(one_time_prekeys),
-            max_one_time,
-        )  # fmt: skip
-
-    def fetch_bundle(self, user: str, backend: str) -> Deferred[PrekeyBundle | None]:
-        """IStore API."""
-        return self.run(queries.fetch_bundle, user, backend)
-
-    def count_one_time_prekeys(self, user: str, backend: str) -> Deferred[int]:
-        """IStore API."""
-        return self.run(queries.count_one_time_prekeys, user, backend)
-
     # -- offline queue ---------------------------------------------------------
     def enqueue(self, envelopes: list[NewEnvelope]) -> Deferred[list[QueuedEnvelope]]:
         """IStore API: joins the next group-commit transaction.
@@ -541,11 +498,3 @@ class SQLiteStore(SocialQueries):
         if n:
             self._usage.clear()  # counters reload from what is left
         return n
-
-    def ping(self) -> Deferred[None]:
-        """IStore API: one read on the store thread (behind any running transaction)."""
-        return self.run(queries.ping).addCallback(lambda _: None)
-
-    def queue_stats(self) -> Deferred[tuple[int, int, float | None]]:
-        """IStore API."""
-        return self.run(queries.queue_stats)

@@ -1,4 +1,4 @@
-"""The SQLite store's one-query operations on users, contacts and rooms.
+"""The SQLite store's one-query operations: users, prekeys, contacts, rooms, status.
 
 Split from :mod:`securechat.server.store.sqlite` to keep modules small: each method runs
 one function of :mod:`securechat.server.store.queries` on the store's database thread
@@ -9,22 +9,43 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Concatenate, ParamSpec, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from securechat.server.store import queries
-from securechat.server.store.interface import ContactChange, UserRecord
+from securechat.server.store.interface import ContactChange, PrekeyBundle, UserRecord
+from securechat.server.store.quota import QueueLimits, QueueUsage
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
 class SocialQueries:
-    """Mixin of :class:`SQLiteStore`: users, contacts and rooms (IStore API)."""
+    """Mixin of :class:`SQLiteStore`: users, prekeys, contacts, rooms, status (IStore API)."""
 
     _clock: IReactorTime
+    _usage: QueueUsage
+
+    @property
+    def queue_limit(self) -> int:
+        """IStore API: envelopes queued per recipient at most."""
+        return self._usage.limits.queue_limit
+
+    @queue_limit.setter
+    def queue_limit(self, value: int) -> None:
+        self._usage.limits = replace(self._usage.limits, queue_limit=value)
+
+    @property
+    def limits(self) -> QueueLimits:
+        """The queue quotas in force (tests and benchmarks may replace them)."""
+        return self._usage.limits
+
+    @limits.setter
+    def limits(self, value: QueueLimits) -> None:
+        self._usage.limits = value
 
     def run(
         self,
@@ -53,6 +74,29 @@ class SocialQueries:
     def set_identity_key(self, name: str, identity_key: bytes) -> Deferred[None]:
         """IStore API."""
         return self.run(queries.set_identity_key, name, identity_key)
+
+    # -- prekeys ---------------------------------------------------------------
+    def publish_prekeys(
+        self,
+        user: str,
+        backend: str,
+        signed_prekey: bytes | None,
+        one_time_prekeys: list[tuple[int, bytes]],
+        max_one_time: int | None = None,
+    ) -> Deferred[int]:
+        """IStore API."""
+        return self.run(
+            queries.publish_prekeys, user, backend, signed_prekey, list(one_time_prekeys),
+            max_one_time,
+        )  # fmt: skip
+
+    def fetch_bundle(self, user: str, backend: str) -> Deferred[PrekeyBundle | None]:
+        """IStore API."""
+        return self.run(queries.fetch_bundle, user, backend)
+
+    def count_one_time_prekeys(self, user: str, backend: str) -> Deferred[int]:
+        """IStore API."""
+        return self.run(queries.count_one_time_prekeys, user, backend)
 
     # -- contacts --------------------------------------------------------------
     def request_contact(self, user: str, peer: str) -> Deferred[ContactChange]:
@@ -95,3 +139,12 @@ class SocialQueries:
     def user_rooms(self, user: str) -> Deferred[list[str]]:
         """IStore API."""
         return self.run(queries.user_rooms, user)
+
+    # -- status ----------------------------------------------------------------
+    def ping(self) -> Deferred[None]:
+        """IStore API: one read on the store thread (behind any running transaction)."""
+        return self.run(queries.ping).addCallback(lambda _: None)
+
+    def queue_stats(self) -> Deferred[tuple[int, int, float | None]]:
+        """IStore API."""
+        return self.run(queries.queue_stats)

@@ -82,6 +82,13 @@ ca_key = "tls/ca.key"
 [store]
 path = "securechat.sqlite3"
 queue_limit = 1000000
+queue_bytes = 100000000000
+sender_limit = 1000000
+sender_bytes = 100000000000
+stranger_limit = 1000000      # the load's users are not contacts of each other
+stranger_bytes = 100000000000
+strangers_limit = 1000000
+strangers_bytes = 100000000000
 synchronous = "full"
 
 [auth]

@@ -97,6 +97,9 @@ def run(reactor: Any, args: argparse.Namespace) -> Any:
     section = StoreSection(
         path=workdir / "bench.sqlite3",
         queue_limit=10**9,
+        queue_bytes=10**15,
+        sender_limit=10**9,
+        sender_bytes=10**15,
         synchronous="full",
         max_batch=args.max_batch,
     )

@@ -28,7 +28,8 @@ from tests.robustness.conftest import collect, collect_until, item, running_daem
 
 ACCEPTED = (wire.STATUS_DELIVERED, wire.STATUS_QUEUED)
 WINDOW, PER_REQUEST, KILL_AFTER, MAX_REQUESTS = 8, 5, 25, 400
-CONFIG = {"store": {"synchronous": "full"}}
+#: alice and bob are not contacts: the strangers' quota must not refuse the burst.
+CONFIG = {"store": {"synchronous": "full", "stranger_limit": 100_000, "strangers_limit": 100_000}}
 
 
 class Burst:

@@ -12,9 +12,9 @@ failure (:data:`FIRST_RETRY` up to :data:`MAX_RETRY`), until one transaction suc
 from __future__ import annotations
 
 #: Seconds before the first retry of acknowledgements whose transaction failed.
-FIRST_RETRY = 0.5
+FIRST_RETRY = 0.25
 #: Longest wait between two retries.
-MAX_RETRY = 30.0
+MAX_RETRY = 2.0
 
 
 class PendingAcks:

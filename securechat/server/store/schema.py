@@ -80,6 +80,12 @@ def configure(conn: sqlite3.Connection, synchronous: str, busy_timeout: float) -
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[synchronous]}")
+    # Debian's SQLite is built with secure_delete on: every deleted page is overwritten,
+    # so acknowledging an envelope would write (and need free disk for) as much as
+    # storing it did, and on a full disk the deletes that would free space fail. FAST
+    # still purges b-tree pages it rewrites anyway; freed overflow pages keep their old
+    # (end-to-end encrypted) bytes until reused.
+    conn.execute("PRAGMA secure_delete = FAST")
 
 
 def enable_wal(conn: sqlite3.Connection, shown: str = MEMORY) -> None:

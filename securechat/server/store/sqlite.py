@@ -426,7 +426,6 @@ class SQLiteStore(SocialQueries):
                     self.log.info(
                         "acknowledgements written again after {n} failed tries", n=failures
                     )
-            self._log_limit.reset("commit")
             self.acks_applied += acks
             if waiters:
                 self.transactions += 1

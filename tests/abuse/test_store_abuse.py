@@ -127,13 +127,15 @@ async def until_accepted(reactor: Any, client: WireClient, sent: wire.SendItem) 
 async def test_full_disk_refuses_recovers_and_stops_promptly(
     reactor: Any, write_config: ConfigWriter, tmp_path: Path
 ) -> None:
-    with small_filesystem(tmp_path / "disk", 32) as disk:
+    with small_filesystem(tmp_path / "disk", 48) as disk:
         store = {
             "path": str(disk / "relay.sqlite3"),
-            "min_free_bytes": 10 << 20,  # above the WAL's ~4 MiB before a checkpoint
+            "min_free_bytes": 16 << 20,  # well above the WAL's ~4 MiB before a checkpoint
             "queue_limit": 10_000,
         }
-        async with running_daemon(reactor, write_config, {"store": store}) as relay:
+        policy = {"max_envelope_bytes": 200_000}  # fewer sends fill the disk
+        overrides = {"store": store, "policy": policy}
+        async with running_daemon(reactor, write_config, overrides) as relay:
             dave, alice = await relay.user("dave"), await relay.user("alice")
             await befriend(relay, alice, "alice", dave, "dave")
 
@@ -141,7 +143,7 @@ async def test_full_disk_refuses_recovers_and_stops_promptly(
             # online and reads them as they come, but acknowledges nothing yet.
             accepted: list[bytes] = []
             for n in range(600):
-                sent = item("dave", os.urandom(60_000), b"big%013d" % n)
+                sent = item("dave", os.urandom(190_000), b"big%013d" % n)
                 [outcome] = await send_outcome(alice, sent)
                 if outcome not in ACCEPTED:
                     break

@@ -34,6 +34,7 @@ from securechat.client.network import (
 )
 from securechat.client.sending import Sender
 from securechat.client.sessions import DEFAULT_BACKEND, SessionManager, TrustError
+from securechat.client.trustmark import trust_state
 from securechat.crypto.errors import CryptoError
 
 FATAL_BYE = {wire.E_REPLACED, wire.E_KICKED, wire.E_REMOVED}
@@ -81,6 +82,8 @@ class ChatClient:
         self.quitting = False
         self.rooms: dict[str, set[str]] = {}
         self._in_setup = False
+        #: What arrived while logging in, shown after "logged in" (offline messages).
+        self._held: list[ev.Event] = []
         self._lock = DeferredLock()
         self.first_login: Deferred[None] = Deferred()
         self._push_handlers: dict[type[wire.Message], Callable[[Any], None]] = {
@@ -167,6 +170,13 @@ class ChatClient:
         self.logged_in_once = True
         self.ready = True
         self.emit(ev.Status("connected", user=self.user, role=self.role))
+        held, self._held = self._held, []
+        waiting = sum(isinstance(e, ev.Message) for e in held)
+        if waiting:
+            self.emit(ev.Info(f"{waiting} message{'s' if waiting != 1 else ''} arrived while "
+                              "you were away:"))  # fmt: skip
+        for event in held:
+            self.emit(event)
         if not self.first_login.called:
             self.first_login.callback(None)
         self.sender.connected(proto, done.welcome)
@@ -219,10 +229,14 @@ class ChatClient:
             shown.append(ev.Message(
                 sender=received.sender, to=self.user, room=received.room, body=received.text,
                 time=received.timestamp, id=received.message_id.hex(),
-                verified=received.verified))  # fmt: skip
+                verified=received.verified,
+                trust=trust_state(self.keystore.state, received.sender)))  # fmt: skip
         self.keystore.save()
         if self.proto is not None and msg.items:
             self.proto.send(wire.Ack(up_to=msg.items[-1].seq))
+        if not self.ready:  # logging in: shown after the "logged in" line
+            self._held.extend(shown)
+            return
         for event in shown:
             self.emit(event)
 

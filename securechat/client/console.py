@@ -36,7 +36,15 @@ HELP = """\
 /quit                  leave after pending messages are accepted (later lines are ignored)
 
 A line (command or message) may be at most 16384 bytes of UTF-8; a longer line, or one
-that is not UTF-8, is refused whole and nothing of it is sent."""
+that is not UTF-8, is refused whole and nothing of it is sent.
+
+Trust marks after a sender's name: <bob ✓> you verified bob's key (/verify, compared
+the safety number, /trust); <bob> bob's first key, pinned but not compared; <bob !> bob's
+key changed since it was pinned and is not verified: compare the safety number again.
+
+At a terminal: Left/Right, Home/End (Ctrl-A/E), Backspace/Delete, Up/Down for earlier
+lines, Ctrl-U (clear), Ctrl-K (to end), Ctrl-W (word), Ctrl-L (redraw), Ctrl-C (clear;
+quit on an empty line), Ctrl-D on an empty line quits."""
 
 #: The ``command`` of an error about a line refused before it was parsed, and of one about
 #: a plain (non-command) line.

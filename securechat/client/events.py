@@ -136,6 +136,8 @@ class Message(Event):
     id: str | None = None
     room: str | None = None
     verified: bool = False
+    #: ``verified``, ``pinned`` or ``changed`` (see :mod:`securechat.client.trustmark`).
+    trust: str | None = None
 
     @property
     def text(self) -> str:

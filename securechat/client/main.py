@@ -11,11 +11,13 @@ import getpass
 import sys
 import time
 import tomllib
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
+from twisted.conch.insults.insults import ServerProtocol
 from twisted.internet import stdio
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -23,12 +25,13 @@ from twisted.internet.task import deferLater, react
 from twisted.python.failure import Failure
 
 from securechat.client.chat import ChatClient
-from securechat.client.console import ConsoleProtocol, Renderer
+from securechat.client.console import HELP, ConsoleProtocol, Renderer
 from securechat.client.home import HomeError, Location, locate, lock_home, read_ca
 from securechat.client.keystore import Keystore, KeystoreError, WrongPassphrase
 from securechat.client.network import LoginFailed, WireClientFactory, describe_failure
 from securechat.client.preflight import password_verdict, refuse_backend, server_policy
 from securechat.client.sessions import SessionManager
+from securechat.client.terminal import TerminalConsole, raw_terminal, wants_terminal
 from securechat.crypto.backends import backend_names
 from securechat.crypto.identity import IdentityKeyPair
 from securechat.tls import client_tls_options
@@ -63,7 +66,11 @@ class Settings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="End-to-end encrypted chat on stdio.")
+    p = argparse.ArgumentParser(
+        prog=PROG, description="End-to-end encrypted chat on stdio.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="console commands (type them once logged in):\n" + HELP,
+    )  # fmt: skip
     p.add_argument("--config", help="TOML file with defaults for these options")
     p.add_argument("--server", help="HOST:PORT of the relay")
     p.add_argument("--ca", help="CA certificate to verify the server (default: system trust)")
@@ -72,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passphrase-file", help="keystore passphrase (default: the password)")
     p.add_argument("--register", action="store_true", default=None, help="create the account")
     p.add_argument("--backend", choices=backend_names(), help="backend for new sessions")
-    p.add_argument("--home", help="keystore directory (default: XDG data dir)")
+    p.add_argument("--home", help="keystore directory (default: $XDG_DATA_HOME/securechat/"
+                   "USER@ca-ID_PORT, ID naming the --ca key)")
     p.add_argument("--json", action="store_true", default=None, help="one JSON event per line")
     p.add_argument("--cert", help="PEM with client certificate and key (certificate login)")
     return p
@@ -229,10 +237,24 @@ async def run(reactor: Any, s: Settings) -> None:
         SessionManager(keystore), password=s.password, register=s.register,
         backend=s.backend, clock=time.time, stop=stop, call_later=reactor.callLater,
     )  # fmt: skip
-    console = ConsoleProtocol(client, lambda write: Renderer(write, s.json))
-    stdio_transport: Any = cast(Any, stdio).StandardIO(console, reactor=reactor)
-    stdio_transport.pauseProducing()  # no input until logged in
-    client.renderer = console.renderer
+    with ExitStack() as terminal_mode:
+        protocol: Any
+        if wants_terminal(s.json):
+            terminal_mode.enter_context(raw_terminal(sys.stdin.fileno()))
+            terminal = TerminalConsole(client, clock=time.time)
+            protocol = ServerProtocol(lambda: terminal)  # type: ignore[no-untyped-call]
+        else:
+            protocol = ConsoleProtocol(client, lambda write: Renderer(write, s.json))
+        stdio_transport: Any = cast(Any, stdio).StandardIO(protocol, reactor=reactor)
+        stdio_transport.pauseProducing()  # no input until logged in
+        client.renderer = terminal.renderer if wants_terminal(s.json) else protocol.renderer
+        await _chat(reactor, s, client, endpoint, stdio_transport, done)
+
+
+async def _chat(
+    reactor: Any, s: Settings, client: ChatClient, endpoint: Any, stdio_transport: Any,
+    done: Deferred[int],
+) -> None:  # fmt: skip
     factory = WireClientFactory(client.connected, client.push, client.lost)
     service = ClientService(endpoint, factory, retryPolicy=backoffPolicy(0.5, 30.0))
     service.startService()

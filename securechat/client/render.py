@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from securechat.client import events as ev
+from securechat.client.trustmark import mark
 
 
 class Renderer:
@@ -64,8 +65,7 @@ def _where(room: str | None) -> str:
 
 def _message(stamp: str, e: Any) -> str:
     assert isinstance(e, ev.Message)
-    mark = "" if e.verified else "?"
-    return f"{stamp}{_where(e.room)} <{safe(e.sender)}{mark}> {safe(e.body)}"
+    return f"{stamp}{_where(e.room)} <{safe(e.sender)}{mark(e.trust, e.verified)}> {safe(e.body)}"
 
 
 def _sent(stamp: str, e: Any) -> str:

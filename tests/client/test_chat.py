@@ -276,6 +276,11 @@ def test_offline_delivery_and_session_kept_across_restart(net: Net) -> None:
     # bob's process restarts: a new controller over the keystore read back from disk.
     bob = Peer(net, "bob").connect()
     assert bob.messages() == [("alice", None, "while you were away")]
+    # Shown after "logged in", announced, with the sender's trust (pinned on first use).
+    kinds = [e["type"] for e in bob.events()]
+    assert kinds.index("status") < kinds.index("message")
+    assert "1 message arrived while you were away:" in [e.get("text") for e in bob.events("info")]
+    assert bob.events("message")[0]["trust"] == "pinned"
     bob.type("/msg alice back again")
     assert alice.messages() == [("bob", None, "back again")]
 

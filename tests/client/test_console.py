@@ -111,7 +111,21 @@ def test_human_rendering_strips_control_characters() -> None:
     r = Renderer(out.append, False, clock=lambda: 0.0)
     r.show(ev.Message(sender="bob", body="hi\x1b[2Jthere", verified=True))
     assert b"\x1b" not in out[0]
-    assert b"<bob> hi" in out[0]
+    assert "<bob \u2713> hi".encode() in out[0]
+
+
+def test_trust_marks_in_human_text() -> None:
+    """verified ✓, pinned (no mark), changed !, and the JSON keeps the word."""
+    out: list[bytes] = []
+    r = Renderer(out.append, False, clock=lambda: 0.0)
+    for trust in ("verified", "pinned", "changed"):
+        r.show(ev.Message(sender="bob", body="hi", trust=trust))
+    assert [line.decode().split(" ", 1)[1] for line in out] == [
+        "<bob \u2713> hi\n", "<bob> hi\n", "<bob !> hi\n",
+    ]  # fmt: skip
+    js: list[bytes] = []
+    Renderer(js.append, True, clock=lambda: 0.0).show(ev.Message(sender="bob", trust="changed"))
+    assert json.loads(js[0])["trust"] == "changed"
 
 
 def test_overlong_line_is_refused() -> None:

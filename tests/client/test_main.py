@@ -151,3 +151,12 @@ def _run_once(main_function: object) -> None:
     assert d.called, "run() should fail before it needs the reactor"
     if failures:
         raise failures[0]
+
+
+def test_help_lists_the_console_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        resolve(["--help"])
+    out = capsys.readouterr().out
+    for command in ("/msg USER|#ROOM TEXT", "/chat", "/verify", "/trust", "/quit"):
+        assert command in out
+    assert "Trust marks" in out

@@ -1,9 +1,10 @@
 """TLS material and connection options for the relay and its clients.
 
 Everything TLS-related lives here so that one module decides the security profile
-(Mozilla "modern": TLS 1.3 only, groups X25519/P-256/P-384, an ECDSA P-256 certificate
-that lives at most 90 days, issued by a CA with proper SKI/AKI, KeyUsage and EKU) and both
-``securechat.server`` and ``securechat.client`` import it instead of building contexts.
+(Mozilla "modern": TLS 1.3 only, the post-quantum X25519MLKEM768 group first, then
+X25519/P-256/P-384, an ECDSA P-256 certificate that lives at most 90 days, issued by a CA
+with proper SKI/AKI, KeyUsage and EKU) and both ``securechat.server`` and
+``securechat.client`` import it instead of building contexts.
 
 Keys and certificates are handled as ``cryptography`` objects: pyOpenSSL 26 deprecates its
 own ``PKey``/``X509`` wrappers, and ``CertificateOptions`` accepts the ``cryptography`` types
@@ -40,8 +41,11 @@ from zope.interface import implementer
 from securechat.config import TLSSection
 from securechat.errors import ConfigError, SecureChatError
 
-#: The key-exchange groups of the Mozilla "modern" profile, most preferred first.
-GROUPS = b"X25519:P-256:P-384"
+#: The key-exchange groups, most preferred first: the post-quantum hybrid X25519MLKEM768
+#: (ML-KEM-768 + X25519, draft-ietf-tls-ecdhe-mlkem; cryptography's bundled OpenSSL 4
+#: negotiates it, and so does the securechat client by default), then the Mozilla "modern"
+#: profile's groups for every other client.
+GROUPS = b"X25519MLKEM768:X25519:P-256:P-384"
 #: Leaf lifetime: Mozilla "modern" allows at most 90 days.
 LEAF_DAYS = 90
 #: A private CA outlives many leaves; clients pin it with ``--ca``.

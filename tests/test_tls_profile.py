@@ -232,8 +232,9 @@ def test_server_certificate_is_ecdsa_p256_and_short_lived(
 
 @pytest.mark.parametrize(
     ("offered", "negotiated"),
-    [(b"X25519", "x25519"), (b"P-256", "secp256r1"), (b"P-384", "secp384r1")],
-)
+    [(b"X25519MLKEM768", "x25519mlkem768"), (b"X25519", "x25519"), (b"P-256", "secp256r1"),
+     (b"P-384", "secp384r1")],
+)  # fmt: skip
 def test_modern_groups_are_accepted(
     server_context: SSL.Context, offered: bytes, negotiated: str
 ) -> None:
@@ -253,6 +254,14 @@ def test_groups_outside_the_profile_are_refused(
     assert not out.ok
     assert out.server_error is not None
     assert "no suitable key share" in str(out.server_error)
+
+
+def test_the_post_quantum_hybrid_group_is_preferred(server_context: SSL.Context) -> None:
+    """A client with OpenSSL 4's default group list (as securechat-client: it sends key
+    shares for X25519MLKEM768 and X25519) gets the post-quantum hybrid."""
+    out = handshake_pyopenssl(server_context, pyopenssl_client())
+    assert out.ok, (out.client_error, out.server_error)
+    assert out.server.get_group_name() == "X25519MLKEM768"
 
 
 def test_server_picks_a_modern_group_when_offered_a_mix(server_context: SSL.Context) -> None:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, hmac, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, padding, rsa, x25519
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from securechat.crypto import prekeys
@@ -44,6 +44,7 @@ BACKENDS: list[tuple[str, dict[str, Any]]] = [
     ("dh", {"group": "ffdhe3072"}),
     ("rsa", {"bits": 2048}),
     ("rsa", {"bits": 3072}),
+    ("hybrid", {"kem": "xwing"}),
 ]
 
 
@@ -146,6 +147,8 @@ def _raw_kem_ops(name: str, params: dict[str, Any], number: int) -> dict[str, fl
             decode = best(lambda: engine.load_public(y), number)
         return {"keygen": keygen, "encaps": keygen + exchange, "decaps": decode + exchange,
                 "validate": decode}  # fmt: skip
+    if name == "hybrid":
+        return _raw_xwing_ops(number)
     bits = params["bits"]
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     oaep = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
@@ -158,6 +161,53 @@ def _raw_kem_ops(name: str, params: dict[str, Any], number: int) -> dict[str, fl
     decrypt = best(lambda: key.decrypt(wrapped, oaep), max(number // 4, 3))
     validate = best(lambda: serialization.load_der_public_key(der), number)
     return {"keygen": 0.0, "encaps": encrypt, "decaps": decrypt, "validate": validate}
+
+
+def _raw_xwing_ops(number: int) -> dict[str, float]:
+    """X-Wing from its parts: ML-KEM-768 and X25519 with ``cryptography``, SHAKE256 and SHA3-256.
+
+    keygen = SHAKE256 seed expansion + ML-KEM key from seed + X25519 key + both public keys;
+    encaps = ML-KEM encapsulation + an X25519 key generation and exchange + the SHA3 combiner;
+    decaps = ML-KEM decapsulation + an X25519 exchange + the combiner (keys held as objects);
+    validate = decoding the ML-KEM public key (modulus check) + the X25519 low-order trial
+    (one exchange with a throw-away key made once, as the ``ecdh`` backend does).
+    """
+    seed = os.urandom(32)
+    sk_m = mlkem.MLKEM768PrivateKey.generate()
+    pk_m_bytes = sk_m.public_key().public_bytes_raw()
+    pk_m = sk_m.public_key()
+    sk_x = x25519.X25519PrivateKey.generate()
+    pk_x = sk_x.public_key()
+    ct_m = pk_m.encapsulate()[1]
+
+    combined = os.urandom(32 * 4) + b"\\.//^\\"
+
+    def combiner() -> bytes:
+        h = hashes.Hash(hashes.SHA3_256())
+        h.update(combined)
+        return h.finalize()
+
+    def expand() -> bytes:
+        h = hashes.Hash(hashes.SHAKE256(96))
+        h.update(seed)
+        return h.finalize()
+
+    def keygen() -> object:
+        expanded = expand()
+        m = mlkem.MLKEM768PrivateKey.from_seed_bytes(expanded[:64])
+        x = x25519.X25519PrivateKey.from_private_bytes(expanded[64:])
+        return m.public_key().public_bytes_raw() + x.public_key().public_bytes_raw()
+
+    exchange = best(lambda: sk_x.exchange(pk_x), number)
+    combine = best(combiner, number)
+    x_keygen = best(x25519.X25519PrivateKey.generate, number)
+    return {
+        "keygen": best(keygen, number),
+        "encaps": best(pk_m.encapsulate, number) + x_keygen + exchange + combine,
+        "decaps": best(lambda: sk_m.decapsulate(ct_m), number) + exchange + combine,
+        "validate": best(lambda: mlkem.MLKEM768PublicKey.from_public_bytes(pk_m_bytes), number)
+        + exchange,
+    }
 
 
 def _via_backend(kem: IKem, number: int) -> float:
@@ -238,10 +288,10 @@ def main() -> None:
     )
     for name, params in BACKENDS:
         kem = get_kem(name, params)
-        slow = name != "ecdh"
+        slow = name not in ("ecdh", "hybrid")
         number = 10 if slow else 300
         raw = _raw_kem_ops(name, params, number)
-        kdfs = 2 * root_kdf + (0 if name == "rsa" else 6 * dhkem_kdf)
+        kdfs = 2 * root_kdf + (0 if name in ("rsa", "hybrid") else 6 * dhkem_kdf)
         transcript = 2 * _transcript_hash_cost(kem, number)
         primitives = (
             2 * verify + sign + 3 * raw["encaps"] + 3 * raw["decaps"] + raw["keygen"]

@@ -98,6 +98,8 @@ class XWingKem:
     rotates_every_turn = True
     _privates: ClassVar[Lru[bytes, _Expanded]] = Lru(PRIVATE_SLOTS)
     _publics: ClassVar[Lru[bytes, mlkem.MLKEM768PublicKey]] = Lru(PUBLIC_SLOTS)
+    #: One throw-away X25519 key per process for the low-order check (its output is unused).
+    _trial: ClassVar[list[x25519.X25519PrivateKey]] = []
 
     def generate_keypair(self) -> KeyPair:
         """A fresh 32-byte seed from the OS CSPRNG (through X25519 key generation)."""
@@ -129,8 +131,9 @@ class XWingKem:
     def validate_public(self, public: bytes) -> None:
         """Length, the ML-KEM modulus check, and a non-low-order X25519 half."""
         self._mlkem_public(public)
-        trial = x25519.X25519PrivateKey.generate()
-        _x25519(trial, public[MLKEM_PUBLIC_SIZE:])
+        if not self._trial:
+            self._trial.append(x25519.X25519PrivateKey.generate())
+        _x25519(self._trial[0], public[MLKEM_PUBLIC_SIZE:])
 
     def encapsulate(self, public: bytes) -> tuple[bytes, bytes]:
         pk_m = self._mlkem_public(public)

@@ -57,10 +57,6 @@ def login_signature_payload(user: str, nonce: bytes, exporter: bytes) -> bytes:
     return b"".join(len(p).to_bytes(2, "big") + p for p in parts)
 
 
-#: Length of :func:`identity_digest`.
-IDENTITY_DIGEST_SIZE = 32
-
-
 def identity_digest(identity_key: bytes) -> bytes:
     """SHA-256 of a user's identity key as registered: what a ``send`` item names as the
     key it was encrypted to, so the relay can refuse items for a stale identity."""

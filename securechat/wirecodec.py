@@ -31,6 +31,7 @@ MAX_BATCH = 1024  #: envelopes in one send or deliver frame
 MAX_LIST = 100_000  #: names in a reply list (who, members, contacts, users)
 MAX_PAYLOAD = 64 << 20  #: absolute cap; the frame limit and [policy] are tighter
 MESSAGE_ID_BYTES = 16
+IDENTITY_DIGEST_BYTES = 32  #: SHA-256, see :func:`securechat.wire.identity_digest`
 MAX_ID = (1 << 63) - 1
 
 # -- error codes (the ``code`` of an ``error`` reply or a ``bye`` push) --------------------
@@ -57,6 +58,7 @@ E_ROOM_FULL = "room-full"
 E_BAD_NAME = "bad-name"
 E_USER_EXISTS = "user-exists"
 E_NOT_ONLINE = "not-online"
+E_STALE_IDENTITY = "stale-identity"  # the send item names a key the recipient no longer has
 E_UNAVAILABLE = "unavailable"  # the store failed (locked, disk full): retry after retry_after
 E_INTERNAL = "internal-error"
 # bye codes
@@ -225,6 +227,10 @@ class SendItem(NamedTuple):
     mid: bytes
     payload: bytes
     room: str | None = None
+    #: :func:`securechat.wire.identity_digest` of the recipient identity key the envelope
+    #: was encrypted to; the relay refuses the item (``stale-identity``) if that is no
+    #: longer the recipient's key. Optional for older clients.
+    identity: bytes | None = None
 
 
 class DeliverItem(NamedTuple):
@@ -255,7 +261,8 @@ def _send_item(v: Any, rid: int | None) -> SendItem:
     except KeyError as e:
         raise _bad(str(e.args[0]), "is missing", rid) from None
     room = v.get("room")
-    if len(v) != (5 if "room" in v else 4):
+    identity = v.get("identity")
+    if len(v) != 4 + ("room" in v) + ("identity" in v):
         raise ProtocolError(E_BAD_REQUEST, "unexpected field in send item", rid)
     if type(to) is not str or type(backend) is not str or not 0 < len(to) <= MAX_NAME:
         raise _bad("to", "must be a user name", rid)
@@ -267,7 +274,11 @@ def _send_item(v: Any, rid: int | None) -> SendItem:
         raise _bad("payload", "must be a byte string", rid)
     if room is not None and (type(room) is not str or not 0 < len(room) <= MAX_NAME):
         raise _bad("room", "must be a room name", rid)
-    return SendItem(to, backend, mid, payload, room)
+    if identity is not None and (
+        type(identity) is not bytes or len(identity) != IDENTITY_DIGEST_BYTES
+    ):
+        raise _bad("identity", f"must be {IDENTITY_DIGEST_BYTES} bytes", rid)
+    return SendItem(to, backend, mid, payload, room, identity)
 
 
 def _deliver_item(v: Any, rid: int | None) -> DeliverItem:
@@ -311,6 +322,8 @@ def _send_item_map(i: SendItem) -> dict[str, Any]:
     m = {"to": i.to, "backend": i.backend, "mid": i.mid, "payload": i.payload}
     if i.room is not None:
         m["room"] = i.room
+    if i.identity is not None:
+        m["identity"] = i.identity
     return m
 
 

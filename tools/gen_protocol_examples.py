@@ -66,7 +66,8 @@ def examples() -> list[wire.Message]:
             id=12, user="bob", backend="ecdh", identity_key=key, signed_prekey=b"\x55" * 40,
             one_time_id=1, one_time_key=b"\x66" * 32,
         ),
-        wire.Send(id=13, items=(wire.SendItem("bob", "ecdh", MID, b"ciphertext"),)),
+        wire.Send(id=13, items=(wire.SendItem("bob", "ecdh", MID, b"ciphertext",
+                                                identity=wire.identity_digest(b"K" * 32)),)),
         wire.SendReply(
             id=13,
             results=(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Coroutine
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred, succeed
@@ -36,7 +36,9 @@ from securechat.client.sending import Sender
 from securechat.client.sessions import DEFAULT_BACKEND, SessionManager, TrustError
 from securechat.client.trustmark import trust_state
 from securechat.crypto.errors import CryptoError
+from securechat.crypto.identity import fingerprint
 
+_VERIFY_FIELDS = {f.name for f in fields(ev.Verify)} - {"served_fingerprint"}
 FATAL_BYE = {wire.E_REPLACED, wire.E_KICKED, wire.E_REMOVED}
 
 
@@ -319,17 +321,38 @@ class ChatClient:
         self._ask(wire.RoomLeave, left, f"/leave {room}", room=room)
 
     def verify(self, user: str) -> None:
+        """Show the safety number to compare, with the key the relay serves *now* next to
+        the pinned one (asked of the relay each time, so a key change shows up here even
+        before a message is sent); offline, the pinned key alone."""
+
         async def go() -> None:
-            if user not in self.keystore.state.pins:
-                bundle = await self._need_proto().request(
-                    wire.FetchBundle, user=user, backend=self.backend_name()
-                )
+            pins = self.keystore.state.pins
+            served: bytes | None = None
+            if self.ready or user not in pins:
+                backend = self.backend_name()
+                bundle = await self._need_proto().request(wire.FetchBundle, user=user,
+                                                          backend=backend)  # fmt: skip
                 assert isinstance(bundle, wire.Bundle)
-                self.sessions.start_session(
-                    user, bundle.identity_key, bundle.signed_prekey, bundle.one_time_key
+                served = bundle.identity_key
+                pin = pins.get(user)
+                fresh = pin is None or (
+                    wire.constant_time_equal(pin.identity_key, served)
+                    and self.sessions.active_session(user, backend) is None
                 )
+                if fresh:  # first contact: pin it (and use the one-time prekey it cost)
+                    self.sessions.start_session(
+                        user, served, bundle.signed_prekey, bundle.one_time_key
+                    )
+                else:
+                    warning = self.sessions.observe_identity(user, served)
+                    if warning:
+                        self.emit(ev.Warning(warning, to=user))
                 self.keystore.save()
-            self.emit(ev.Verify(**self.sessions.verify_info(user)))
+            info = self.sessions.verify_info(user)  # pinned_fingerprint when it differs
+            self.emit(ev.Verify(
+                **{k: v for k, v in info.items() if k in _VERIFY_FIELDS},
+                served_fingerprint=None if served is None else fingerprint(served),
+            ))  # fmt: skip
 
         self._serial(go, f"/verify {user}")
 
@@ -396,8 +419,8 @@ class ChatClient:
 
     def quit(self) -> None:
         """Stop after sends already typed are encrypted and accepted by the server."""
-        self.quitting = True
-        self._lock.run(succeed, None).addBoth(lambda _: self._maybe_finish())
+        self.quitting = self.sender.quitting = True
+        self._lock.run(succeed, None).addBoth(lambda _: self.sender.pump())
 
 
 def _farewell(user: str, bye: wire.Bye) -> str:

@@ -47,6 +47,11 @@ class Sender:
         self._on_idle = on_idle
         self._members = members
         self._in_flight: set[bytes] = set()
+        #: Peers whose identity the relay called stale: fetch their bundle again.
+        self._stale: set[str] = set()
+        #: Per message id, the identity digest the relay last refused as stale.
+        self._refused: dict[bytes, bytes | None] = {}
+        self._held: set[bytes] = set()
         self._prepare_lock = DeferredLock()
         self.proto: WireClientProtocol | None = None
         self.limits: tuple[int, int] = (64, 1 << 20)
@@ -92,9 +97,13 @@ class Sender:
         await self._prepare_lock.run(lambda: ensureDeferred(self._prepare()))
 
     async def _prepare(self) -> None:
-        for entry in self.outbox:
-            if entry.encrypted or self.proto is None:
-                continue
+        tried: set[bytes] = set()  # held or failed in this run: not again until the next
+        while self.proto is not None:
+            entry = next((e for e in self.outbox if not e.encrypted and e.mid not in tried),
+                         None)  # fmt: skip
+            if entry is None:
+                return
+            tried.add(entry.mid)
             try:
                 if entry.to.startswith("#"):
                     await self._split_room(entry)
@@ -110,11 +119,25 @@ class Sender:
             except TrustError as e:
                 if e.warning:
                     self._emit(ev.Warning(e.warning, to=entry.to))
-                self._drop(entry, str(e), "blocked")
+                self._hold(entry, str(e))
             except CryptoError as e:
                 self._drop(entry, f"cannot start a session with {entry.to}: {e}", "crypto")
             finally:
                 self.keystore.save()  # encrypted entries before they leave; pins; blocks
+
+    def _hold(self, entry: OutboxEntry, why: str) -> None:
+        """A verified peer's key changed: keep the message until ``/verify`` + ``/trust``
+        (then it goes under the new session); on quit it is dropped with an error."""
+        if self.quitting:
+            self._drop(entry, why, "blocked")
+            return
+        if entry.mid in self._held:
+            return  # said once
+        self._held.add(entry.mid)
+        self._emit(ev.Error(
+            f"message to {entry.room or entry.to} held: {why}", code="blocked", status="held",
+            to=entry.room or entry.to, id=entry.mid.hex(), room=entry.room, peer=entry.to,
+        ))  # fmt: skip
 
     def _drop(self, entry: OutboxEntry, why: str, code: str) -> None:
         self.outbox.remove([entry.mid])
@@ -137,9 +160,7 @@ class Sender:
             return
         parts = [OutboxEntry(mid=new_message_id(), to=peer, backend=entry.backend,
                              room=entry.to, text=entry.text) for peer in peers]  # fmt: skip
-        self.outbox.replace(entry.mid, parts)
-        for part in parts:
-            await self._encrypt(part)
+        self.outbox.replace(entry.mid, parts)  # each part is encrypted next, in order
 
     async def _encrypt(self, entry: OutboxEntry) -> None:
         """Encrypt ``entry`` under the peer's session (started from a fetched bundle if
@@ -148,7 +169,7 @@ class Sender:
         peer = entry.to
         self.sessions.check_can_send(peer)
         session = self.sessions.active_session(peer, entry.backend)
-        if session is None:
+        if session is None or peer in self._stale:
             bundle = await self._need_proto().request(
                 wire.FetchBundle, user=peer, backend=entry.backend
             )
@@ -156,8 +177,10 @@ class Sender:
             session, warning = self.sessions.start_session(
                 peer, bundle.identity_key, bundle.signed_prekey, bundle.one_time_key
             )
+            self._stale.discard(peer)
             if warning:
                 self._emit(ev.Warning(warning, to=peer))
+        self._held.discard(entry.mid)
         _, envelope = self.sessions.encrypt(session, entry.text, entry.room, message_id=entry.mid)
         digest = wire.identity_digest(session.peer_identity)
         self.outbox.update(replace(entry, payload=envelope, identity=digest))
@@ -177,8 +200,8 @@ class Sender:
             return
         todo = [e for e in self.outbox if e.encrypted and e.mid not in self._in_flight]
         for batch in plan_batches(todo, *self.limits):
-            items = tuple(wire.SendItem(e.to, e.backend, e.mid, e.payload or b"", e.room)
-                          for e in batch)  # fmt: skip
+            items = tuple(wire.SendItem(e.to, e.backend, e.mid, e.payload or b"", e.room,
+                                        e.identity) for e in batch)  # fmt: skip
             self._in_flight.update(e.mid for e in batch)
             d = proto.request(wire.Send, items=items)
             d.addCallback(self._sent, batch)
@@ -190,9 +213,13 @@ class Sender:
         self._in_flight.difference_update(e.mid for e in batch)
         done: set[bytes] = set()
         retry_after = 0.0
+        stale = False
         for entry, result in zip(batch, reply.results, strict=True):
             if result.code == wire.E_RATE_LIMITED:  # stays in the outbox, goes again later
                 retry_after = max(retry_after, result.retry_after or 1.0)
+                continue
+            if result.code == wire.E_STALE_IDENTITY and self._resend_stale(entry):
+                stale = True
                 continue
             done.add(entry.mid)
             to, mid = entry.room or entry.to, entry.mid.hex()
@@ -206,10 +233,31 @@ class Sender:
                 self._emit(ev.Sent(to=to, id=mid, status=result.status, peer=entry.to,
                                    room=entry.room))  # fmt: skip
         self.outbox.remove(done)
+        for gone in done:
+            self._refused.pop(gone, None)
         self.keystore.save()
         if retry_after:
             self._call_later(retry_after, self.pump)
+        if stale:
+            self.pump()
         self._on_idle()
+
+    def _resend_stale(self, entry: OutboxEntry) -> bool:
+        """The relay refused ``entry`` for a stale identity (nothing stored): fetch the
+        peer's new bundle and encrypt the same message id again under a new session —
+        after the key-change warning, and for a verified peer only after ``/trust``.
+
+        :returns: False when it cannot be resent (no plaintext, or refused again for the
+            very key the relay serves: it would loop), and the refusal stands.
+        """
+        if entry.text is None or (
+            entry.mid in self._refused and self._refused[entry.mid] == entry.identity
+        ):
+            return False
+        self._refused[entry.mid] = entry.identity
+        self._stale.add(entry.to)
+        self.outbox.reset(entry.mid)
+        return True
 
     def _send_failed(self, failure: Failure, batch: list[OutboxEntry]) -> None:
         self._in_flight.difference_update(e.mid for e in batch)

@@ -40,6 +40,7 @@ async def publish_prekeys(relay: Relay, session: Session, msg: wire.PublishPreke
         raise RelayError(wire.E_TOO_LARGE, message) from None
     if msg.identity_key is not None:
         await relay.store.set_identity_key(session.user, msg.identity_key)
+        relay.identities.forget(session.user)
     return n
 
 

@@ -77,6 +77,7 @@ async def register(conn: RelayProtocol, msg: wire.Register) -> wire.Message:
         f.store, f.config, msg.user, msg.password, msg.identity_key, challenge,
         msg.pow_solution or b"", f.run_in_thread, params=f.hash_params, pow_bits=bits,
     )  # fmt: skip
+    f.relay.identities.forget(record.name)  # a re-created account has a new identity key
     log.info("registered {user} (conn {conn})", user=record.name, conn=conn.cid)
     return wire.Registered(id=msg.id, user=record.name)
 

@@ -35,6 +35,7 @@ from securechat import wire
 from securechat.config import ServerConfig
 from securechat.errors import NoSuchUser, QueueFull, StoreError
 from securechat.server.contacts import ContactGraph
+from securechat.server.identities import IdentityDirectory
 from securechat.server.loglimit import RepeatLimiter
 from securechat.server.metrics import NULL_METRICS, IMetrics
 from securechat.server.ratelimit import SendLimiter
@@ -89,6 +90,8 @@ class Relay:
         self._backends = frozenset(config.crypto.backends)
         self._max_envelope = config.policy.max_envelope_bytes
         self._known_users: set[str] = set()
+        #: Each recipient's current identity key, for refusing stale-identity sends.
+        self.identities = IdentityDirectory(store)
         self.changes = ChangeCounter()  #: bumped by every contact or room change
         #: The only writers of contact and room state (store rows and session caches).
         self.graph = ContactGraph(store, self.sessions, self.changes)
@@ -116,6 +119,7 @@ class Relay:
         old = self.sessions.get(user)
         self.sessions[user] = session
         self._known_users.add(user)
+        self.identities.forget(user)  # a re-created account logs in with its new key
         if old is not None:
             self.log.info("session of {user} replaced by a new login", user=user)
             self._end(old)
@@ -185,6 +189,7 @@ class Relay:
         """Drop what the relay remembers about a removed account (its contacts and room
         memberships are already gone from the store)."""
         self._known_users.discard(user)
+        self.identities.forget(user)
         self.graph.forget(user)
         self.directory.forget(user)
 
@@ -397,6 +402,13 @@ class Relay:
         to = item.to
         if to not in self._known_users:
             return _LOOKUP
+        if item.identity is not None:
+            current = self.identities.cached(to)
+            if current == b"":
+                return _LOOKUP
+            stale = self.identities.refusal(item.identity, current)
+            if stale is not None:
+                return stale
         if item.room is not None:
             members = self.directory.cached(item.room)
             if members is None:
@@ -416,6 +428,13 @@ class Relay:
             if len(self._known_users) >= KNOWN_USERS_CACHE:
                 self._known_users.clear()
             self._known_users.add(to)
+        if item.identity is not None:
+            current = self.identities.cached(to)
+            if current == b"":
+                current = await self.identities.lookup(to)
+            stale = self.identities.refusal(item.identity, current)
+            if stale is not None:
+                return stale
         if item.room is not None:
             members = await self.directory.members(item.room)
             if session.user not in members or to not in members:

@@ -20,7 +20,7 @@ mids = st.binary(min_size=16, max_size=16)
 payloads = st.binary(max_size=600)
 send_items = st.builds(
     wire.SendItem, names, st.sampled_from(["ecdh", "dh", "rsa"]), mids, payloads,
-    st.none() | names,
+    st.none() | names, st.none() | st.binary(min_size=32, max_size=32),
 )  # fmt: skip
 deliver_items = st.builds(
     wire.DeliverItem, st.integers(0, 2**62), names, names, mids,

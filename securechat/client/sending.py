@@ -136,7 +136,8 @@ class Sender:
         self._held.add(entry.mid)
         self._emit(ev.Error(
             f"message to {entry.room or entry.to} held: {why}", code="blocked", status="held",
-            to=entry.room or entry.to, id=entry.mid.hex(), room=entry.room, peer=entry.to,
+            command=f"/msg {entry.room or entry.to}", to=entry.room or entry.to,
+            id=entry.mid.hex(), room=entry.room, peer=entry.to,
         ))  # fmt: skip
 
     def _drop(self, entry: OutboxEntry, why: str, code: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from twisted.internet import defer
+from twisted.internet.error import ConnectError
 
 from bench._abuse import Scenario, VictimFailed
 from tests.abuse.harness import (
@@ -19,6 +20,8 @@ from tests.abuse.harness import (
     paced,
     timed_login,
 )
+from tests.abuse.test_prelogin import PARKED, PER_SOURCE, SOURCES
+from tests.abuse.test_registration import register
 from tests.e2e.client import WireClient
 from tests.robustness.conftest import PASSWORD, Running
 
@@ -81,4 +84,67 @@ class LoginLockoutNewAddress(LoginLockout):
     source = "127.0.0.3"
 
 
-SCENARIOS: list[Any] = [LoginLockout(), LoginLockoutNewAddress()]
+class RegistrationBurst(LoginLockout):
+    """Issue 10's registration burst: waves of 40 registrations from 40 addresses at once."""
+
+    name = "registration-burst"
+    attack_text = "waves of 40 parallel registrations from 40 loopback addresses"
+    victim_text = "alice logs in with the right password from 127.0.0.1"
+    #: The bench process solves every challenge itself: keep the raised difficulty cheap.
+    config: ClassVar[dict[str, dict[str, Any]]] = {"auth": {"registration_pow_max_bits": 12}}
+    source = None
+
+    async def attack(self, relay: Running, stop: defer.Deferred[None]) -> AttackStats:
+        stats = AttackStats()
+        start = relay.reactor.seconds()
+        wave = 0
+        while not stop.called and stats.attempts < 200 and relay.reactor.seconds() - start < 60:
+            bits: list[int] = []
+            outcomes = await defer.gatherResults([
+                defer.ensureDeferred(register(relay, f"w{wave}u{n}", f"127.0.{2 + wave}.{n + 1}",
+                                              bits))
+                for n in range(40)
+            ])  # fmt: skip
+            stats.outcomes.update(outcomes)
+            stats.attempts += len(outcomes)
+            wave += 1
+        stats.seconds = relay.reactor.seconds() - start
+        return stats
+
+
+class ParkedPrelogin(LoginLockout):
+    """Issue 10's parked connections: 300 unauthenticated connections, each sending an
+    almost complete 1 MiB frame, from 10 loopback addresses."""
+
+    name = "parked-prelogin"
+    attack_text = "300 connections from 10 addresses, each parking an almost complete 1 MiB frame"
+    victim_text = "alice logs in with the right password from 127.0.0.1"
+    config: ClassVar[dict[str, dict[str, Any]]] = {"server": {"handshake_timeout": 5.0}}
+    source = None
+
+    async def attack(self, relay: Running, stop: defer.Deferred[None]) -> AttackStats:
+        stats = AttackStats()
+        start = relay.reactor.seconds()
+        clients = []
+        for source in SOURCES:
+            for _ in range(PER_SOURCE):
+                stats.attempts += 1
+                try:
+                    client = await relay.tls_client(source)
+                except ConnectError:
+                    stats.outcomes["refused"] += 1
+                    continue
+                assert client.transport is not None
+                client.transport.write(PARKED)
+                clients.append(client)
+        for client in clients:
+            await client.wait_lost(30)
+            stats.outcomes["dropped by the server"] += 1
+        stats.seconds = relay.reactor.seconds() - start
+        await stop
+        return stats
+
+
+SCENARIOS: list[Any] = [
+    LoginLockout(), LoginLockoutNewAddress(), RegistrationBurst(), ParkedPrelogin(),
+]

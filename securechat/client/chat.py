@@ -24,6 +24,7 @@ from securechat import wire
 from securechat.client import events as ev
 from securechat.client.account import Account
 from securechat.client.console import IChatController
+from securechat.client.history import DEFAULT_LIMIT, Entry, History
 from securechat.client.keystore import Keystore
 from securechat.client.network import (
     ConnectionGone,
@@ -58,6 +59,7 @@ class ChatClient:
         clock: Callable[[], float],
         stop: Callable[[int], None],
         call_later: Callable[[float, Callable[[], None]], object] | None = None,
+        history_limit: int = DEFAULT_LIMIT,
     ) -> None:
         self.sessions = sessions
         self.keystore: Keystore = sessions.keystore
@@ -86,6 +88,7 @@ class ChatClient:
         self._in_setup = False
         #: What arrived while logging in, shown after "logged in" (offline messages).
         self._held: list[ev.Event] = []
+        self.local_history = History(self.keystore.state.extra, history_limit)
         self._lock = DeferredLock()
         self.first_login: Deferred[None] = Deferred()
         self._push_handlers: dict[type[wire.Message], Callable[[Any], None]] = {
@@ -228,6 +231,9 @@ class ChatClient:
                 shown.append(ev.Warning(
                     f"{received.missing} messages from {item.sender} are missing",
                     sender=item.sender, missing=received.missing))  # fmt: skip
+            self.local_history.add(received.room or received.sender, Entry(
+                received.timestamp, "in", received.sender, received.text,
+                received.message_id.hex()))  # fmt: skip
             shown.append(ev.Message(
                 sender=received.sender, to=self.user, room=received.room, body=received.text,
                 time=received.timestamp, id=received.message_id.hex(),
@@ -258,6 +264,7 @@ class ChatClient:
         if not target.startswith("#"):
             # A verified peer whose key changed: refused at once, nothing is queued.
             self.sessions.check_can_send(target)
+        self.local_history.add(target, Entry(self.clock(), "out", self.user, text))  # saved by add
         self.sender.add(target, text, self.backend_name())
         await self.sender.prepare()
         self.sender.pump()
@@ -416,6 +423,14 @@ class ChatClient:
     def admin_remove_user(self, user: str) -> None:
         self._ask(wire.AdminRemoveUser, lambda _: self.emit(ev.Info(f"removed {user}", user=user)),
                   f"/user remove {user}", user=user)  # fmt: skip
+
+    def history(self, target: str, count: int) -> None:
+        async def go() -> None:
+            entries, kept = self.local_history.last(target, count)
+            self.emit(ev.History(conversation=target, kept=kept,
+                                 messages=[e.to_json() for e in entries]))  # fmt: skip
+
+        self._serial(go, f"/history {target}")
 
     def quit(self) -> None:
         """Stop after sends already typed are encrypted and accepted by the server."""

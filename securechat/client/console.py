@@ -16,6 +16,7 @@ from twisted.internet.protocol import Protocol
 from zope.interface import Interface, implementer
 
 from securechat.client import events as ev
+from securechat.client.history import DEFAULT_SHOWN
 from securechat.client.render import Renderer
 
 __all__ = ["HELP", "MAX_LINE", "ConsoleProtocol", "IChatController", "Renderer"]
@@ -27,6 +28,7 @@ HELP = """\
 /contacts              your contacts and requests
 /contact add|accept|remove USER
 /join #ROOM  /leave #ROOM
+/history USER|#ROOM [N]  the last N (20) messages kept in your keystore
 /verify USER           show the safety number and fingerprints
 /trust USER            mark USER's current key as verified
 /backend [NAME]        show or choose the key-agreement backend (dh, ecdh, rsa)
@@ -96,6 +98,9 @@ class IChatController(Interface):
 
     def admin_remove_user(user: str) -> None:
         """Admins: delete the account ``user``."""
+
+    def history(target: str, count: int) -> None:
+        """Show the last ``count`` kept messages with a user or ``#room``."""
 
     def quit() -> None:
         """Finish pending sends, then exit."""
@@ -202,6 +207,14 @@ class ConsoleProtocol(Protocol):
             self._error("usage: /user add NAME [admin] | /user remove NAME",
                         code="bad-argument", command=f"/user {action}")  # fmt: skip
 
+    def _history(self, args: list[str]) -> None:
+        count = args[1] if len(args) == 2 else str(DEFAULT_SHOWN)
+        if not count.isdigit() or int(count) < 1:
+            self._error("usage: /history USER|#ROOM [N], N a positive number",
+                        code="bad-argument", command=f"/history {args[0]}")  # fmt: skip
+            return
+        self.controller.history(args[0], int(count))
+
     def _error(self, text: str, code: str, command: str) -> None:
         assert self.renderer is not None
         self.renderer.show(ev.Error(text, code=code, command=command))
@@ -245,6 +258,8 @@ class ConsoleProtocol(Protocol):
             c.contact(args[0], args[1].split()[0])
         elif name == "/user" and len(args) == 2 and args[0] in ("add", "remove"):
             self._user_command(args[0], args[1].split())
+        elif name == "/history" and 1 <= len(args) <= 2:
+            self._history(args)
         elif name == "/backend" and len(args) <= 1:
             c.backend(args[0] if args else None)
         else:

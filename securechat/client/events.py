@@ -266,3 +266,20 @@ class Users(Event):
     def text(self) -> str:
         names = ", ".join(f"{u['user']}{'*' if u['online'] else ''}" for u in self.users)
         return f"users (* online): {names}"
+
+
+@dataclass(frozen=True)
+class History(Event):
+    """``/history``: the last messages of a conversation kept in the keystore, oldest
+    first (each ``{time, direction, from, text, id}``), and how many are kept in all."""
+
+    kind: ClassVar[str] = "history"
+    conversation: str = field(default="", metadata=_json_name("with"))
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    kept: int = 0
+
+    @property
+    def text(self) -> str:
+        if not self.messages:
+            return f"no history with {self.conversation}"
+        return f"history with {self.conversation} (last {len(self.messages)} of {self.kept}):"

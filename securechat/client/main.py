@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 
 from securechat.client.chat import ChatClient
 from securechat.client.console import HELP, ConsoleProtocol, Renderer
+from securechat.client.history import DEFAULT_LIMIT
 from securechat.client.home import HomeError, Location, locate, lock_home, read_ca
 from securechat.client.keystore import Keystore, KeystoreError, WrongPassphrase
 from securechat.client.network import LoginFailed, WireClientFactory, describe_failure
@@ -39,7 +40,7 @@ from securechat.tls import client_tls_options
 PROG = "securechat-client"
 CONFIG_KEYS = {
     "server": str, "ca": str, "user": str, "home": str, "backend": str, "json": bool,
-    "password_file": str, "passphrase_file": str, "cert": str,
+    "password_file": str, "passphrase_file": str, "cert": str, "history": int,
 }  # fmt: skip
 
 
@@ -63,6 +64,8 @@ class Settings:
     cert: Path | None
     #: No ``--passphrase-file``: the keystore opens with the account password.
     passphrase_is_password: bool = False
+    #: Messages kept per conversation in the keystore (0: none).
+    history: int = DEFAULT_LIMIT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "USER@ca-ID_PORT, ID naming the --ca key)")
     p.add_argument("--json", action="store_true", default=None, help="one JSON event per line")
     p.add_argument("--cert", help="PEM with client certificate and key (certificate login)")
+    p.add_argument("--history", type=int, metavar="N",
+                   help=f"messages kept per conversation in the keystore, for /history "
+                        f"(default {DEFAULT_LIMIT}; 0 keeps none)")  # fmt: skip
     return p
 
 
@@ -146,11 +152,16 @@ def resolve(argv: list[str]) -> Settings:
     if backend is not None and backend not in backend_names():
         raise UsageProblem(f"unknown backend {backend!r}")
     home = Path(get("home")) if get("home") else None
+    history = get("history")
+    if history is None:
+        history = DEFAULT_LIMIT
+    elif not 0 <= history <= 100_000:
+        raise UsageProblem(f"--history must be between 0 and 100000, not {history}")
     return Settings(
         host=host.strip("[]"), port=port, ca=Path(get("ca")) if get("ca") else None, user=user,
         home=home, backend=backend, json=bool(get("json")), register=bool(get("register")),
         password=password, passphrase=passphrase, cert=Path(get("cert")) if get("cert") else None,
-        passphrase_is_password=from_password,
+        passphrase_is_password=from_password, history=history,
     )  # fmt: skip
 
 
@@ -236,6 +247,7 @@ async def run(reactor: Any, s: Settings) -> None:
     client = ChatClient(
         SessionManager(keystore), password=s.password, register=s.register,
         backend=s.backend, clock=time.time, stop=stop, call_later=reactor.callLater,
+        history_limit=s.history,
     )  # fmt: skip
     with ExitStack() as terminal_mode:
         protocol: Any

@@ -94,7 +94,17 @@ def _presence(stamp: str, e: Any) -> str:
     return f"{stamp} * {safe(e.text)}"
 
 
+def _history(stamp: str, e: Any) -> str:
+    assert isinstance(e, ev.History)
+    lines = [f"{stamp} {safe(e.text)}"]
+    for m in e.messages:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(m["time"])))
+        lines.append(f"  {when} <{safe(m['from'])}> {safe(m['text'])}")
+    return "\n".join(lines)
+
+
 _TEXT: dict[type[ev.Event], Callable[[str, Any], str]] = {
+    ev.History: _history,
     ev.Message: _message,
     ev.Sent: _sent,
     ev.Verify: _verify,

@@ -615,3 +615,28 @@ def test_admins_add_and_remove_users_from_the_client(net: Net) -> None:
     bob.type("/user add mallory", "/user remove erin")
     assert len(bob.new_events("error")) == 2
     assert store.get_user("mallory").result is None and store.get_user("erin").result
+
+
+def test_history_of_both_directions_and_rooms_survives_a_restart(net: Net) -> None:
+    alice, bob = net.peer("alice"), net.peer("bob")
+    alice.type("/msg bob one", "/msg bob two")
+    bob.type("/msg alice three")
+    alice.type("/history bob", "/history bob 2", "/history nobody")
+    full, last2, empty = alice.events("history")
+    assert full["with"] == "bob" and full["kept"] == 3
+    assert [(m["direction"], m["from"], m["text"]) for m in full["messages"]] == [
+        ("out", "alice", "one"), ("out", "alice", "two"), ("in", "bob", "three"),
+    ]  # fmt: skip
+    assert full["messages"][2]["id"] == bob.events("sent")[0]["id"]
+    assert [m["text"] for m in last2["messages"]] == ["two", "three"]
+    assert (empty["messages"], empty["kept"]) == ([], 0)
+    for p in (alice, bob):
+        p.type("/join #ops")
+    bob.type("/msg #ops to the room")
+    bob.drop()
+    bob = Peer(net, "bob").connect()  # a new process over the saved keystore
+    bob.type("/history alice 1", "/history #ops")
+    to_alice, room = bob.events("history")
+    assert [m["text"] for m in to_alice["messages"]] == ["three"]
+    assert [(m["from"], m["text"]) for m in room["messages"]] == [("bob", "to the room")]
+    assert [m["text"] for m in alice.events("history")[0]["messages"]][-1] == "three"

@@ -245,3 +245,23 @@ def test_every_local_error_has_a_code_and_the_command_it_answers() -> None:
     feed(proto, "/join ops")
     text = t.value().decode()
     assert text.endswith("ERROR (/join ops): /join needs a room name starting with #\n")
+
+
+def test_history_command() -> None:
+    proto, rec, t = console(json_mode=True)
+    feed(proto, "/history bob", "/history #ops 5", "/history bob x", "/history bob 0")
+    assert rec.calls == [("history", "bob", 20), ("history", "#ops", 5)]
+    assert [(e["code"], e["command"]) for e in errors(t)] == [
+        ("bad-argument", "/history bob"), ("bad-argument", "/history bob"),
+    ]  # fmt: skip
+
+
+def test_history_in_human_text() -> None:
+    out: list[bytes] = []
+    Renderer(out.append, False, clock=lambda: 0.0).show(ev.History(
+        conversation="bob", kept=7,
+        messages=[{"time": 0.0, "direction": "in", "from": "bob", "text": "hi\x1b[2J"}],
+    ))  # fmt: skip
+    first, second = out[0].decode().splitlines()
+    assert first.endswith("history with bob (last 1 of 7):")
+    assert second.endswith("<bob> hi\ufffd[2J")

@@ -160,3 +160,10 @@ def test_help_lists_the_console_commands(capsys: pytest.CaptureFixture[str]) -> 
     for command in ("/msg USER|#ROOM TEXT", "/chat", "/verify", "/trust", "/quit"):
         assert command in out
     assert "Trust marks" in out
+
+
+def test_history_limit_flag(pw: Path) -> None:
+    assert resolve(base(pw)).history == 200
+    assert resolve(base(pw, "--history", "0")).history == 0
+    with pytest.raises(UsageProblem, match="--history must be between 0 and 100000"):
+        resolve(base(pw, "--history", "-1"))

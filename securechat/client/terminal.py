@@ -46,6 +46,7 @@ class TerminalConsole(HistoricRecvLine):
         self.lines.renderer = Renderer(self._print_above, False, clock)
         self._utf8 = b""  # the first bytes of a character still arriving
         self.closed = False
+        self._handling = False  # inside lineReceived: the prompt is drawn once, after it
 
     @property
     def renderer(self) -> Renderer:
@@ -103,7 +104,11 @@ class TerminalConsole(HistoricRecvLine):
         """RecvLine API: one whole line, handled exactly as the line console does."""
         if self.lines.stopped_reading:
             return
-        self.lines.lineReceived(line)
+        self._handling = True
+        try:
+            self.lines.lineReceived(line)
+        finally:
+            self._handling = False
         if self.lines.stopped_reading:  # /quit
             self.closed = True
             return
@@ -178,7 +183,7 @@ class TerminalConsole(HistoricRecvLine):
         self.terminal.eraseLine()
         for line in text.split("\n"):
             self.terminal.write(line.encode("utf-8") + b"\r\n")
-        if not self.closed:
+        if not self.closed and not self._handling:
             self._draw_input()
 
 

@@ -73,3 +73,29 @@ def test_identity_kem_key_is_made_once_and_kept(tmp_path: Path) -> None:
     assert signed is not None
     assert {k: v for k, v in bob.state.prekeys.items() if k.startswith("ikem:")} == ikem
     assert Keystore.open(bob.keystore.path.parent, PASS).state.prekeys.keys() >= ikem.keys()
+
+
+def test_a_keystore_from_protocol_v1_drops_its_sessions_and_replaces_v1_prekeys(
+    tmp_path: Path,
+) -> None:
+    """What an upgraded client does with a keystore saved before protocol v2."""
+    from securechat.crypto.envelope import backend_id
+    from securechat.crypto.prekeys import generate_signed_prekey
+
+    bob = manager(tmp_path, "bob")
+    kem = bob.prekeys.local_kem("ecdh")
+    bid = backend_id(kem)
+    old, pair = generate_signed_prekey(bob.identity, kem, 7, 1_700_000_000.0, 10**9)  # v1
+    bob.state.prekeys[f"spk:{bid}:7"] = prekeys_mod._pack(old.to_bytes(), pair)
+    bob.state.extra[f"current_spk:{bid}"] = 7
+    bob.state.sessions["alice|ecdh:x25519"] = b"a v1 session"
+    bob.state.extra["archive"] = {"alice|ecdh:x25519": [b"an older one"]}
+    del bob.state.counters["protocol"]
+    bob.keystore.save()
+    upgraded = SessionManager(Keystore.open(bob.keystore.path.parent, PASS))
+    assert upgraded.state.sessions == {} and "archive" not in upgraded.state.extra
+    signed, _ = upgraded.prekeys.to_publish("ecdh", 2)
+    assert signed is not None  # a v2 record replaces the v1 one, which is deleted
+    current = upgraded.prekeys.current_signed(bid)
+    assert current is not None and current.identity_kem is not None
+    assert f"spk:{bid}:7" not in upgraded.state.prekeys

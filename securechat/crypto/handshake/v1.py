@@ -1,4 +1,10 @@
-"""Asynchronous session set-up over a KEM: X3DH with encapsulations in place of DH.
+"""Handshake v1 (superseded): asynchronous session set-up over a KEM, X3DH with encapsulations.
+
+**Clients no longer accept it** (protocol v2 refuses v1 messages with a clear error; see
+``v2.py`` and docs/security.md): its root key does not depend on the responder's long-term
+identity (a leaked signed-prekey private key alone opens a first message) nor on the
+transcript, and first messages without a one-time prekey can be replayed. It stays here, next
+to v2, as the record of what v1 was and for the tests that show those weaknesses.
 
 Followed: X3DH (signal.org/docs/specifications/x3dh, revision 1), sections 3.2-3.4, and the
 KEM use of PQXDH (signal.org/docs/specifications/pqxdh) section 3.

@@ -174,13 +174,27 @@ class TerminalConsole(HistoricRecvLine):
         if back:
             self.terminal.cursorBackward(back)
 
+    def _columns(self) -> int:
+        try:
+            return os.get_terminal_size(sys.stdout.fileno()).columns or self.width
+        except OSError:  # not a real terminal (tests): RecvLine's 80
+            return int(self.width)
+
     def _print_above(self, data: bytes) -> None:
-        """Renderer output: erase the input line, print, and draw the input line again."""
+        """Renderer output: erase the input line, print, and draw the input line again.
+
+        An input line longer than the terminal is wide wraps over several rows: the cursor
+        goes up to the first of them and everything below is erased, so no piece of the
+        half-typed line is left between the messages."""
         if self.terminal is None:
             return
         text = data.decode("utf-8", "replace").rstrip("\n")
+        prompt = len(self.ps[self.pn].decode("utf-8", "replace"))
+        row = (prompt + self.lineBufferIndex) // max(1, self._columns())
+        if row:
+            self.terminal.cursorUp(row)
         self.terminal.write(b"\r")
-        self.terminal.eraseLine()
+        self.terminal.eraseToDisplayEnd()
         for line in text.split("\n"):
             self.terminal.write(line.encode("utf-8") + b"\r\n")
         if not self.closed and not self._handling:

@@ -78,3 +78,15 @@ def test_editing_keys() -> None:
     assert controller.calls == [
         ("send_text", "bob", "x"), ("send_text", "bob", "y"), ("quit",),
     ]  # fmt: skip
+
+
+def test_a_wrapped_input_line_is_redrawn_whole() -> None:
+    """A line longer than the terminal is wide leaves no fragment behind an event."""
+    console, _, terminal = screen()
+    long = b"x" * 100 + b"END"
+    keys(console, b"/chat bob\r" + long)
+    console.renderer.show(ev.Message(sender="bob", body="hi", trust="changed"))
+    shown = lines(terminal)
+    assert shown[-3] == "00:00:00 <bob !> hi"
+    assert "".join(shown[-2:]) == "bob> " + long.decode()
+    assert sum("xxxxx" in line for line in shown) == 2  # the two rows of the one input line

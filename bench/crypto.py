@@ -11,6 +11,11 @@ Run ``python -m bench.crypto``. For each backend it prints
 * then the cost of a ratchet encrypt + decrypt of 256 bytes through the Session API
   (symmetric step, no new turn) next to one raw X25519 exchange.
 
+* then the client's cost of one room message of 256 bytes to rooms of 2, 10 and 50 members
+  (pairwise fan-out over established ecdh sessions: per member the stored session is
+  loaded, the message encrypted, the session stored again, as ``client/sending.py`` does),
+  next to the same number of raw AES-256-GCM encryptions of 256 bytes.
+
 Targets: handshake <= 1.5x its primitives; symmetric step < one X25519 exchange. Timings are
 best-of-N with ``time.perf_counter`` and bounded loop counts, so a run takes well under a
 minute. For RSA the initiator's first ratchet key pair comes from a pre-generated pool (a
@@ -27,6 +32,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, padding, rsa, x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from securechat.crypto import prekeys
@@ -279,6 +285,48 @@ def _ratchet_step_cost(number: int) -> float:
     return best(lambda: bob.decrypt(alice.encrypt(plaintext)), number, repeat=9)
 
 
+def _room_send_cost(members: int, number: int) -> tuple[float, float]:
+    """(protocol, raw AES-GCM) seconds for one room message to ``members - 1`` others."""
+    kem = get_kem("ecdh", {"curve": "x25519"})
+    alice_id = IdentityKeyPair.generate()
+    blobs: list[bytes] = []
+    for i in range(members - 1):
+        peer_id = IdentityKeyPair.generate()
+        ikem = kem.generate_keypair()
+        spk, spk_pair = prekeys.generate_signed_prekey(
+            peer_id, kem, 1, NOW, prekeys.DEFAULT_LIFETIME, ikem.public
+        )
+        alice = Session.initiate(
+            kem=kem, identity=alice_id, local_user="alice", peer_user=f"m{i}",
+            peer_identity=peer_id.public_bytes(), signed_prekey=spk.to_bytes(),
+            clock=lambda: NOW,
+        )  # fmt: skip
+        peer = Session.respond(
+            alice.encrypt(b"hi"), kem=kem, identity=peer_id, identity_kem=ikem,
+            local_user=f"m{i}", find_signed_prekey=lambda _, s=spk, p=spk_pair: (s, p),
+            find_one_time_prekey=lambda _: None, replayed=lambda i, th: False,
+            clock=lambda: NOW,
+        ).session  # fmt: skip
+        alice.decrypt(peer.encrypt(b"turn"))
+        blobs.append(alice.to_bytes())
+    plaintext = os.urandom(256)
+
+    def fan_out() -> None:
+        for i, blob in enumerate(blobs):
+            session = Session.from_bytes(blob, lambda _: kem, clock=lambda: NOW)
+            session.encrypt(plaintext, room="#ops")
+            blobs[i] = session.to_bytes()
+
+    aead = AESGCM(os.urandom(32))
+    nonce = os.urandom(12)
+
+    def raw() -> None:
+        for _ in blobs:
+            aead.encrypt(nonce, plaintext, None)
+
+    return best(fan_out, number), best(raw, number * 10)
+
+
 def main() -> None:
     sign, verify = _ed25519_ops(2000)
     dhkem_kdf, root_kdf = _hkdf_ops(2000)
@@ -316,6 +364,12 @@ def main() -> None:
         f"one X25519 exchange: {exchange * 1e6:.1f} us; ratio {step / exchange:.2f} "
         f"(target < 1: {'ok' if step < exchange else 'OVER'})"
     )
+    print("\nroom message of 256 B, pairwise fan-out (client side, one sender):")
+    for members in (2, 10, 50):
+        cost, raw = _room_send_cost(members, max(3, 200 // members))
+        print(f"  {members:>3} members: {cost * 1e3:8.3f} ms "
+              f"({cost / (members - 1) * 1e6:6.1f} us per recipient); "
+              f"raw AES-256-GCM x{members - 1}: {raw * 1e3:7.3f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":

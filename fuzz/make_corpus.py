@@ -69,7 +69,7 @@ def session_streams() -> list[bytes]:
             wire.ContactRemove(id=7, user="bob"),
         ),
         _frames(
-            register, login, wire.RoomJoin(id=7, room="#ops"), wire.RoomMembers(id=8, room="#ops")
+            register, login, wire.RoomList(id=7), wire.RoomMembers(id=8, room="#ops")
         ),
         _frames(
             register,

@@ -52,3 +52,7 @@ class StoreUnavailable(StoreError):
     def __init__(self, message: str, retry_after: float = 5.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RoomConflict(SecureChatError):
+    """The room has moved on since that event was made: read its latest events and retry."""

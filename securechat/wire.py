@@ -37,6 +37,7 @@ from securechat.wirecodec import (
 )
 from securechat.wiremessages import *  # noqa: F403  (re-export: every message class)
 from securechat.wiremessages import _DECODERS, _ENCODERS, Ack, Deliver, Message, Send, SendReply
+from securechat.wireroom import *  # noqa: F403  (re-export: room events and their rules)
 
 PROTOCOL_VERSION = 1
 

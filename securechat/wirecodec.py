@@ -29,6 +29,8 @@ MAX_KEY = 16 * 1024  #: identity keys, prekey blobs, signatures
 MAX_ONE_TIME = 1000  #: one-time prekeys in one publish
 MAX_BATCH = 1024  #: envelopes in one send or deliver frame
 MAX_LIST = 100_000  #: names in a reply list (who, members, contacts, users)
+MAX_ROOM_EVENT_BYTES = 1024  #: one signed room event
+MAX_ROOM_EVENTS = 256  #: room events in one ``room_events`` reply
 MAX_PAYLOAD = 64 << 20  #: absolute cap; the frame limit and [policy] are tighter
 MESSAGE_ID_BYTES = 16
 IDENTITY_DIGEST_BYTES = 32  #: SHA-256, see :func:`securechat.wire.identity_digest`
@@ -55,6 +57,7 @@ E_QUEUE_FULL = "queue-full"
 E_RATE_LIMITED = "rate-limited"
 E_NOT_A_MEMBER = "not-a-member"
 E_ROOM_FULL = "room-full"
+E_CONFLICT = "conflict"  # a room event does not follow the room's latest: sync, then retry
 E_BAD_NAME = "bad-name"
 E_USER_EXISTS = "user-exists"
 E_NOT_ONLINE = "not-online"
@@ -374,7 +377,18 @@ class UserInfo(NamedTuple):
     online: Annotated[bool, _bool]
 
 
+class RoomInfo(NamedTuple):
+    """A room the user is in (``member``) or invited to (``invited``), and its last event."""
+
+    room: Annotated[str, NAME]
+    state: Annotated[str, NAME]
+    head: Annotated[int, COUNT]
+
+
 # -- composite field checks and their encoders ----------------------------------------------
+ROOM_EVENT = _bytes(MAX_ROOM_EVENT_BYTES)
+ROOM_EVENTS = _list(ROOM_EVENT, MAX_ROOM_EVENTS)
+ROOM_INFOS = _list(_record(RoomInfo), MAX_LIST)
 ONE_TIME = _list(_record(OneTimePrekey), MAX_ONE_TIME)
 CONTACTS = _list(_record(Contact), MAX_LIST)
 USERS = _list(_record(UserInfo), MAX_LIST)
@@ -392,6 +406,8 @@ FIELD_ENCODERS: dict[_Check, Callable[[Any], Any]] = {
     ONE_TIME: lambda v: [_record_to_map(x) for x in v],
     CONTACTS: lambda v: [_record_to_map(x) for x in v],
     USERS: lambda v: [_record_to_map(x) for x in v],
+    ROOM_INFOS: lambda v: [_record_to_map(x) for x in v],
+    ROOM_EVENTS: list,
     SEND_ITEMS: lambda v: [_send_item_map(x) for x in v],
     DELIVER_ITEMS: lambda v: [_deliver_item_map(x) for x in v],
     RESULTS: lambda v: [_result_map(x) for x in v],

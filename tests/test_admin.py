@@ -80,7 +80,7 @@ def test_init_upgrades_an_old_file(run: Run, db_path: Path) -> None:
     schema.open_database(db_path, files=old).close()
     status, out, _ = run("init")
     assert status == 0
-    assert out == f"upgraded database {db_path} from schema version 1 to 2\n"
+    assert out == f"upgraded database {db_path} from schema version 1 to 3\n"
 
 
 def test_user_add_with_password_file(initialised: Run, db_path: Path, tmp_path: Path) -> None:

@@ -14,12 +14,27 @@ import sys
 from pathlib import Path
 
 from securechat import wire, wirecodec
+from securechat.crypto.identity import IdentityKeyPair
 from securechat.wiremessages import _DECODERS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 BEGIN = "<!-- examples:begin -->"
 END = "<!-- examples:end -->"
 MID = bytes(range(16))
+
+
+def _example_event() -> bytes:
+    """alice creates the invite-only room #ops (a fixed key, so the bytes never change)."""
+    alice = IdentityKeyPair.from_private_bytes(b"\x01" * 32)
+    event = wire.RoomEvent(
+        room="#ops", seq=1, prev=wire.GENESIS, actor="alice", action=wire.CREATE,
+        target="alice", time=1700000000.5, key=alice.public_bytes(),
+    )  # fmt: skip
+    body = event.to_body()
+    return wire.SignedRoomEvent(body, alice.sign(wire.signed_payload(body)), event).blob
+
+
+EVENT = _example_event()
 
 
 def examples() -> list[wire.Message]:
@@ -89,11 +104,15 @@ def examples() -> list[wire.Message]:
         wire.ContactUpdate(user="alice", state="pending-in"),
         wire.ContactList(id=18),
         wire.Contacts(id=18, contacts=(wire.Contact("bob", "accepted"),)),
-        wire.RoomJoin(id=19, room="ops"),
-        wire.RoomLeave(id=20, room="ops"),
-        wire.RoomMembers(id=21, room="ops"),
-        wire.Room(id=19, room="ops", members=("alice", "bob")),
-        wire.RoomUpdate(room="ops", user="carol", joined=True),
+        wire.RoomPost(id=19, room="#ops", event=EVENT),
+        wire.RoomSync(id=20, room="#ops", after=0),
+        wire.RoomEvents(id=20, room="#ops", events=(EVENT,)),
+        wire.RoomEventPush(room="#ops", event=EVENT),
+        wire.RoomList(id=26),
+        wire.Rooms(id=26, rooms=(wire.RoomInfo("#ops", "member", 1),)),
+        wire.RoomMembers(id=21, room="#ops"),
+        wire.Room(id=21, room="#ops", members=("alice", "bob")),
+        wire.RoomUpdate(room="#ops", user="carol", joined=True),
         wire.AdminList(id=22),
         wire.AdminUsers(id=22, users=(wire.UserInfo("alice", "admin", True),)),
         wire.AdminAddUser(id=23, user="erin", role="user", password="initial secret"),  # noqa: S106
@@ -123,6 +142,9 @@ FIELD_TYPES = {
     _C.SEND_ITEMS: f"array (at most {_C.MAX_BATCH}) of send items",
     _C.DELIVER_ITEMS: f"array (at most {_C.MAX_BATCH}) of deliver items",
     _C.RESULTS: f"array (at most {_C.MAX_BATCH}) of send results",
+    _C.ROOM_EVENT: f"bytes, at most {_C.MAX_ROOM_EVENT_BYTES} (a signed room event)",
+    _C.ROOM_EVENTS: f"array (at most {_C.MAX_ROOM_EVENTS}) of signed room events",
+    _C.ROOM_INFOS: f"array (at most {_C.MAX_LIST}) of room maps",
 }
 
 

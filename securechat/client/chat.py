@@ -33,6 +33,7 @@ from securechat.client.network import (
     WireClientProtocol,
     describe_failure,
 )
+from securechat.client.rooms import RoomBook, RoomController
 from securechat.client.sending import Sender
 from securechat.client.sessions import DEFAULT_BACKEND, SessionManager, TrustError
 from securechat.client.trustmark import trust_state
@@ -73,9 +74,18 @@ class ChatClient:
             call_later = reactor.callLater
         self.renderer: ev.EventSink | None = None
         self.account = Account(sessions, password=password, register=register, emit=self.emit)
+        pins = self.keystore.state.pins
+        self.room_book = RoomBook(
+            self.keystore.state.extra, self.user, sessions.identity,
+            lambda u: pins[u].identity_key if u in pins else None, clock,
+        )  # fmt: skip
+        self.rooms = RoomController(
+            self.room_book, lambda cls, **f: self._need_proto().request(cls, **f),
+            self.emit, self.keystore.save, self._peer_key,
+        )  # fmt: skip
         self.sender = Sender(sessions, emit=self.emit, report=self._report,
                              call_later=call_later, on_idle=self._maybe_finish,
-                             members=self._member_list)  # fmt: skip
+                             members=self.rooms.recipients)  # fmt: skip
         self.outbox = self.sender.outbox
         self.proto: WireClientProtocol | None = None
         self.welcome: wire.Welcome | None = None
@@ -84,7 +94,6 @@ class ChatClient:
         #: Logged in on the current connection (False while a reconnect is logging in).
         self.ready = False
         self.quitting = False
-        self.rooms: dict[str, set[str]] = {}
         self._in_setup = False
         #: What arrived while logging in, shown after "logged in" (offline messages).
         self._held: list[ev.Event] = []
@@ -96,7 +105,8 @@ class ChatClient:
             wire.Presence: self._presence,
             wire.PrekeysLow: self._prekeys_low,
             wire.ContactUpdate: self._contact_update,
-            wire.RoomUpdate: self._room_update,
+            wire.RoomUpdate: self.rooms.server_update,
+            wire.RoomEventPush: lambda m: self._serial(lambda: self.rooms.pushed(m), m.room),
             wire.Bye: self._bye,
         }
 
@@ -155,7 +165,7 @@ class ChatClient:
         self.proto = None
         self.ready = False
         self.sender.disconnected()
-        self.rooms.clear()  # membership may change while we are away: ask again
+        self.rooms.disconnected()  # the relay's lists may change while we are away
         bye = proto.bye
         if bye is not None and bye.code in FATAL_BYE:
             self.emit(ev.Error(_farewell(self.user, bye), code=bye.code))
@@ -184,6 +194,10 @@ class ChatClient:
             self.emit(event)
         if not self.first_login.called:
             self.first_login.callback(None)
+        try:
+            await self.rooms.logged_in()  # verified rosters first: queued room messages
+        except (RemoteError, ConnectionGone) as e:  # need them
+            self.emit(ev.Warning(f"could not bring the rooms up to date: {e}"))
         self.sender.connected(proto, done.welcome)
 
     # -- pushes (one handler per message type) ---------------------------------------
@@ -203,12 +217,6 @@ class ChatClient:
 
     def _contact_update(self, msg: wire.ContactUpdate) -> None:
         self.emit(ev.Contact(user=msg.user, state=msg.state))
-
-    def _room_update(self, msg: wire.RoomUpdate) -> None:
-        members = self.rooms.get(msg.room)
-        if members is not None:  # otherwise the next room send asks the server
-            (members.add if msg.joined else members.discard)(msg.user)
-        self.emit(ev.Room(room=msg.room, user=msg.user, joined=msg.joined))
 
     def _bye(self, msg: wire.Bye) -> None:
         self.emit(ev.Warning(f"server closes the connection: {msg.message}", code=msg.code))
@@ -234,6 +242,11 @@ class ChatClient:
             self.local_history.add(received.room or received.sender, Entry(
                 received.timestamp, "in", received.sender, received.text,
                 received.message_id.hex()))  # fmt: skip
+            if received.room is not None and not self.room_book.is_member(
+                received.room, received.sender
+            ):
+                shown.append(ev.RoomWarning(room=received.room, sender=received.sender,
+                    message=f"{received.sender} is not a verified member of {received.room}"))
             shown.append(ev.Message(
                 sender=received.sender, to=self.user, room=received.room, body=received.text,
                 time=received.timestamp, id=received.message_id.hex(),
@@ -269,15 +282,18 @@ class ChatClient:
         await self.sender.prepare()
         self.sender.pump()
 
-    async def _members(self, room: str) -> set[str]:
-        if room not in self.rooms:
-            reply = await self._need_proto().request(wire.RoomMembers, room=room)
-            assert isinstance(reply, wire.Room)
-            self.rooms[room] = set(reply.members)
-        return self.rooms[room]
-
-    async def _member_list(self, room: str) -> list[str]:
-        return sorted(await self._members(room))
+    async def _peer_key(self, peer: str) -> bytes:
+        """The identity key we would encrypt to for ``peer`` (fetching and pinning it)."""
+        if peer not in self.keystore.state.pins:
+            bundle = await self._need_proto().request(
+                wire.FetchBundle, user=peer, backend=self.backend_name()
+            )
+            assert isinstance(bundle, wire.Bundle)
+            self.sessions.start_session(
+                peer, bundle.identity_key, bundle.signed_prekey, bundle.one_time_key
+            )
+            self.keystore.save()
+        return self.keystore.state.pins[peer].identity_key
 
     def _need_proto(self) -> WireClientProtocol:
         if self.proto is None or not self.ready:
@@ -313,19 +329,25 @@ class ChatClient:
         self._ask(cls, lambda r: self.emit(ev.Contact(user=r.user, state=r.state)),
                   f"/contact {action} {user}", user=user)  # fmt: skip
 
-    def join(self, room: str) -> None:
-        def joined(r: wire.Room) -> None:
-            self.rooms[r.room] = set(r.members)
-            self.emit(ev.Room(room=r.room, members=sorted(r.members), joined=True))
-
-        self._ask(wire.RoomJoin, joined, f"/join {room}", room=room)
+    def join(self, room: str, is_open: bool = False) -> None:
+        self._serial(lambda: self.rooms.join(room, is_open),
+                     f"/join {room}{' open' if is_open else ''}")  # fmt: skip
 
     def leave(self, room: str) -> None:
-        def left(_: wire.Message) -> None:
-            self.rooms.pop(room, None)
-            self.emit(ev.Room(room=room, joined=False))
+        self._serial(lambda: self.rooms.leave(room), f"/leave {room}")
 
-        self._ask(wire.RoomLeave, left, f"/leave {room}", room=room)
+    def invite(self, user: str, room: str) -> None:
+        self._serial(lambda: self.rooms.invite(user, room), f"/invite {user} {room}")
+
+    def remove(self, user: str, room: str) -> None:
+        self._serial(lambda: self.rooms.remove(user, room), f"/remove {user} {room}")
+
+    def promote(self, user: str, room: str, admin: bool) -> None:
+        verb = "/promote" if admin else "/demote"
+        self._serial(lambda: self.rooms.promote(user, room, admin), f"{verb} {user} {room}")
+
+    def members(self, room: str) -> None:
+        self._serial(lambda: self.rooms.members(room), f"/members {room}")
 
     def verify(self, user: str) -> None:
         """Show the safety number to compare, with the key the relay serves *now* next to

@@ -10,6 +10,7 @@ last input line are still shown, and the controller decides when everything is f
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
@@ -27,7 +28,13 @@ HELP = """\
 /who                   who is online
 /contacts              your contacts and requests
 /contact add|accept|remove USER
-/join #ROOM  /leave #ROOM
+/join #ROOM [open]     accept an invitation, join an open room, or create the room
+                       (invite-only unless created with "open"; you are its owner)
+/invite USER #ROOM     invite USER (signed by you; they /join to accept)
+/remove USER #ROOM     remove a member (room admins)
+/promote|demote USER #ROOM   make or unmake a room admin (the room's owner)
+/members #ROOM         the members you verified from signed events
+/leave #ROOM           leave the room
 /history USER|#ROOM [N]  the last N (20) messages kept in your keystore
 /verify USER           show the safety number and fingerprints
 /trust USER            mark USER's current key as verified
@@ -57,6 +64,14 @@ PLAIN = "(message)"
 MAX_LINE = 16 * 1024
 
 
+_ROOM_ADMIN: dict[str, Callable[[Any, str, str], None]] = {
+    "/invite": lambda c, user, room: c.invite(user, room),
+    "/remove": lambda c, user, room: c.remove(user, room),
+    "/promote": lambda c, user, room: c.promote(user, room, True),
+    "/demote": lambda c, user, room: c.promote(user, room, False),
+}
+
+
 class IChatController(Interface):
     """What the console asks of the rest of the client."""
 
@@ -72,11 +87,23 @@ class IChatController(Interface):
     def contact(action: str, user: str) -> None:
         """``add``, ``accept`` or ``remove`` a contact."""
 
-    def join(room: str) -> None:
-        """Join ``#room``."""
+    def join(room: str, is_open: bool = False) -> None:
+        """Accept an invitation to ``#room``, join it if it is open, or create it."""
 
     def leave(room: str) -> None:
         """Leave ``#room``."""
+
+    def invite(user: str, room: str) -> None:
+        """Invite ``user`` to ``#room`` with a signed event."""
+
+    def remove(user: str, room: str) -> None:
+        """Remove ``user`` from ``#room`` (room admins)."""
+
+    def promote(user: str, room: str, admin: bool) -> None:
+        """Make (``admin``) or unmake ``user`` an admin of ``#room`` (its owner)."""
+
+    def members(room: str) -> None:
+        """Show the verified members of ``#room``."""
 
     def verify(user: str) -> None:
         """Show the safety number with ``user``."""
@@ -232,6 +259,7 @@ class ConsoleProtocol(Protocol):
         one_arg: dict[str, Callable[[str], None]] = {
             "/join": c.join,
             "/leave": c.leave,
+            "/members": c.members,
             "/verify": c.verify,
             "/trust": c.trust,
             "/kick": c.admin_kick,
@@ -243,11 +271,23 @@ class ConsoleProtocol(Protocol):
             simple[name]()
         elif name in one_arg and len(args) == 1:
             c_arg = args[0]
-            if name in ("/join", "/leave") and not c_arg.startswith("#"):
+            if name in ("/join", "/leave", "/members") and not c_arg.startswith("#"):
                 self._error(f"{name} needs a room name starting with #", code="bad-argument",
                             command=f"{name} {c_arg}")  # fmt: skip
             else:
                 one_arg[name](c_arg)
+        elif name == "/join" and len(args) == 2 and args[1].strip() == "open":
+            if args[0].startswith("#"):
+                c.join(args[0], True)
+            else:
+                self._error("/join needs a room name starting with #", code="bad-argument",
+                            command=text)  # fmt: skip
+        elif name in _ROOM_ADMIN and len(args) == 2:
+            room = args[1].strip()
+            if " " in room or not room.startswith("#"):
+                self._error(f"usage: {name} USER #ROOM", code="bad-argument", command=text)
+            else:
+                _ROOM_ADMIN[name](c, args[0], room)
         elif name == "/msg" and len(args) == 2:
             c.send_text(args[0], args[1])
         elif name == "/chat" and len(args) == 1:

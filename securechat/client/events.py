@@ -155,10 +155,19 @@ class Sent(Event):
     status: str = ""
     peer: str | None = None
     room: str | None = None
+    #: A room message (one event for all its envelopes): who it was encrypted to, and each
+    #: one's status (``status`` is ``mixed`` when they differ).
+    recipients: list[str] | None = None
+    statuses: dict[str, str] | None = None
 
     @property
     def text(self) -> str:
-        return f"-> {self.to}: {self.status}"
+        if self.recipients is None:
+            return f"-> {self.to}: {self.status}"
+        if self.status == "mixed" and self.statuses:
+            each = ", ".join(f"{u}: {s}" for u, s in sorted(self.statuses.items()))
+            return f"-> {self.to} ({each})"
+        return f"-> {self.to} ({', '.join(self.recipients)}): {self.status}"
 
     def to_json(self) -> dict[str, Any]:
         out = super().to_json()
@@ -240,21 +249,58 @@ class Contacts(Event):
 
 @dataclass(frozen=True)
 class Room(Event):
-    """Room membership: our own join (with ``members``) or leave, or another member's."""
+    """A verified room event (``action``: create, invite, join, leave, remove, promote,
+    demote) by ``by`` about ``user``, with the verified members after it."""
 
     kind: ClassVar[str] = "room"
     room: str = ""
-    joined: bool = True
+    action: str = ""
+    message: str = field(default="", metadata=_json_name("text"))
+    by: str | None = None
     user: str | None = None
+    seq: int | None = None
     members: list[str] | None = None
 
     @property
     def text(self) -> str:
-        if self.user is not None:
-            return f"{self.user} {'joined' if self.joined else 'left'} {self.room}"
-        if self.joined:
-            return f"joined {self.room}: {', '.join(self.members or [])}"
-        return f"left {self.room}"
+        return self.message
+
+
+@dataclass(frozen=True)
+class Members(Event):
+    """``/members``: the roster verified from signed events."""
+
+    kind: ClassVar[str] = "members"
+    room: str = ""
+    members: list[str] = field(default_factory=list)
+    admins: list[str] = field(default_factory=list)
+    invited: list[str] = field(default_factory=list)
+    owner: str | None = None
+    open: bool = False
+
+    @property
+    def text(self) -> str:
+        names = ", ".join(f"{u}{'*' if u in self.admins else ''}" for u in self.members)
+        more = f"; invited: {', '.join(self.invited)}" if self.invited else ""
+        return f"{self.room} (verified; * admin): {names}{more}"
+
+
+@dataclass(frozen=True)
+class RoomWarning(Event):
+    """Something about a room the user should notice: the relay's member list differs from
+    the verified one (``extra``, ``missing``), or a room event was refused."""
+
+    kind: ClassVar[str] = "warning"
+    message: str = field(default="", metadata=_json_name("text"))
+    room: str = ""
+    extra: list[str] | None = None
+    missing: list[str] | None = None
+    to: str | None = None
+    sender: str | None = field(default=None, metadata=_json_name("from"))
+
+    @property
+    def text(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,9 @@ class OutboxEntry:
     :ivar payload: the envelope, or ``None`` while it still waits for a session.
     :ivar identity: fingerprint of the recipient identity key ``payload`` was encrypted
         to (the relay refuses the item if that is no longer the recipient's key).
+    :ivar group: the entries of one room message share it (one ``sent`` event for all).
+    :ivar admitted: for a room message, the identity key the room's signed events admitted
+        the recipient with: it is encrypted to that key or not at all.
     """
 
     mid: bytes
@@ -44,6 +47,8 @@ class OutboxEntry:
     text: str | None = None
     payload: bytes | None = None
     identity: bytes | None = None
+    group: str | None = None
+    admitted: bytes | None = None
 
     @property
     def encrypted(self) -> bool:
@@ -53,6 +58,7 @@ class OutboxEntry:
         return {
             "mid": self.mid, "to": self.to, "backend": self.backend, "room": self.room,
             "text": self.text, "payload": self.payload, "identity": self.identity,
+            "group": self.group, "admitted": self.admitted,
         }  # fmt: skip
 
     @classmethod
@@ -70,6 +76,8 @@ class OutboxEntry:
             text=None if text is None else str(text),
             payload=None if payload is None else bytes(payload),
             identity=None if identity is None else bytes(identity),
+            group=None if raw.get("group") is None else str(raw["group"]),
+            admitted=None if raw.get("admitted") is None else bytes(raw["admitted"]),
         )  # fmt: skip
 
 

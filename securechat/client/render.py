@@ -70,7 +70,8 @@ def _message(stamp: str, e: Any) -> str:
 
 def _sent(stamp: str, e: Any) -> str:
     assert isinstance(e, ev.Sent)
-    return f"{stamp}{_where(e.room)} -> {safe(e.to)}: {safe(e.status)}"
+    where = "" if e.recipients is not None else _where(e.room)
+    return f"{stamp}{where} {safe(e.text)}"
 
 
 def _verify(stamp: str, e: Any) -> str:

@@ -23,6 +23,7 @@ from securechat.client.network import ConnectionGone, RemoteError, WireClientPro
 from securechat.client.outbox import Outbox, OutboxEntry, new_message_id, plan_batches
 from securechat.client.sessions import SessionManager, TrustError
 from securechat.crypto.errors import CryptoError
+from securechat.wireroom import RoomEventError
 
 
 class Sender:
@@ -36,7 +37,7 @@ class Sender:
         report: Callable[[Failure, str], None],
         call_later: Callable[[float, Callable[[], None]], object],
         on_idle: Callable[[], None],
-        members: Callable[[str], Awaitable[list[str]]],
+        members: Callable[[str], Awaitable[dict[str, bytes]]],
     ) -> None:
         self.sessions = sessions
         self.keystore = sessions.keystore
@@ -53,6 +54,8 @@ class Sender:
         self._refused: dict[bytes, bytes | None] = {}
         self._held: set[bytes] = set()
         self._prepare_lock = DeferredLock()
+        #: Room messages waiting for their results: group -> (room, recipient -> status).
+        self._groups: dict[str, tuple[str, dict[str, str]]] = {}
         self.proto: WireClientProtocol | None = None
         self.limits: tuple[int, int] = (64, 1 << 20)
         self.quitting = False
@@ -122,6 +125,8 @@ class Sender:
                 self._hold(entry, str(e))
             except CryptoError as e:
                 self._drop(entry, f"cannot start a session with {entry.to}: {e}", "crypto")
+            except RoomEventError as e:
+                self._drop(entry, str(e), "not-a-member")
             finally:
                 self.keystore.save()  # encrypted entries before they leave; pins; blocks
 
@@ -149,18 +154,21 @@ class Sender:
         ))  # fmt: skip
 
     async def _split_room(self, entry: OutboxEntry) -> None:
-        """Replace a room entry by one entry per member (all or none: a member whose
-        verified key changed blocks the whole message, as when typed while connected)."""
+        """Replace a room entry by one entry per member the signed room events admitted
+        (all or none: a member whose verified key changed blocks the whole message, as
+        when typed while connected); each is encrypted to the key the room admitted."""
         assert entry.text is not None
-        peers = [p for p in await self._members(entry.to) if p != self.sessions.user]
-        for peer in peers:
+        members = await self._members(entry.to)
+        for peer in members:
             self.sessions.check_can_send(peer)
-        if not peers:
+        if not members:
             self.outbox.remove([entry.mid])
             self._emit(ev.Info(f"nobody else is in {entry.to}", room=entry.to))
             return
+        group = entry.mid.hex()
         parts = [OutboxEntry(mid=new_message_id(), to=peer, backend=entry.backend,
-                             room=entry.to, text=entry.text) for peer in peers]  # fmt: skip
+                             room=entry.to, text=entry.text, group=group, admitted=key)
+                 for peer, key in sorted(members.items())]  # fmt: skip
         self.outbox.replace(entry.mid, parts)  # each part is encrypted next, in order
 
     async def _encrypt(self, entry: OutboxEntry) -> None:
@@ -182,6 +190,12 @@ class Sender:
             if warning:
                 self._emit(ev.Warning(warning, to=peer))
         self._held.discard(entry.mid)
+        if entry.admitted is not None and not wire.constant_time_equal(
+            session.peer_identity, entry.admitted
+        ):
+            self._drop(entry, f"the key {entry.room} admitted {peer} with is not {peer}'s "
+                       f"current one (/verify {peer})", "not-admitted")  # fmt: skip
+            return
         _, envelope = self.sessions.encrypt(session, entry.text, entry.room, message_id=entry.mid)
         digest = wire.identity_digest(session.peer_identity)
         self.outbox.update(replace(entry, payload=envelope, identity=digest))
@@ -223,6 +237,10 @@ class Sender:
                 stale = True
                 continue
             done.add(entry.mid)
+            if entry.group is not None and result.status != wire.STATUS_ERROR:
+                room = entry.room or entry.to
+                self._groups.setdefault(entry.group, (room, {}))[1][entry.to] = result.status
+                continue
             to, mid = entry.room or entry.to, entry.mid.hex()
             if result.status == wire.STATUS_ERROR:
                 self._emit(ev.Error(
@@ -236,6 +254,7 @@ class Sender:
         self.outbox.remove(done)
         for gone in done:
             self._refused.pop(gone, None)
+        self._groups_done({e.group for e in batch if e.group is not None})
         self.keystore.save()
         if retry_after:
             self._call_later(retry_after, self.pump)
@@ -259,6 +278,19 @@ class Sender:
         self._stale.add(entry.to)
         self.outbox.reset(entry.mid)
         return True
+
+    def _groups_done(self, groups: set[str]) -> None:
+        """One ``sent`` event per room message once every recipient has a result:
+        ``-> #ops (alice, dave): delivered``."""
+        waiting = {e.group for e in self.outbox}
+        for group in sorted(groups - waiting):
+            room, results = self._groups.pop(group, ("", {}))
+            if not results:
+                continue  # every recipient refused it: each got its own error event
+            statuses = set(results.values())
+            status = statuses.pop() if len(statuses) == 1 else "mixed"
+            self._emit(ev.Sent(to=room, id=group, status=status, room=room,
+                               recipients=sorted(results), statuses=results))  # fmt: skip
 
     def _send_failed(self, failure: Failure, batch: list[OutboxEntry]) -> None:
         self._in_flight.difference_update(e.mid for e in batch)

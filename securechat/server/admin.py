@@ -55,6 +55,7 @@ async def add_user(
         await relay.store.add_user(user, role, stored, None)
     except UserExists:
         raise RelayError(wire.E_USER_EXISTS, "that user exists") from None
+    relay.forget_user(user)  # nothing left over from an earlier account of that name
 
 
 async def remove_user(relay: Relay, user: str) -> None:

@@ -85,18 +85,22 @@ async def contact_list(f: RelayFactory, session: Session, msg: wire.ContactList)
     return wire.Contacts(id=msg.id, contacts=found)
 
 
-async def room_join(f: RelayFactory, session: Session, msg: wire.RoomJoin) -> wire.Message:
-    """Join a room."""
+async def room_post(f: RelayFactory, session: Session, msg: wire.RoomPost) -> wire.Message:
+    """A signed membership change (create, invite, join, leave, remove, promote, demote)."""
     f.relay.charge(session)
-    members = await f.relay.directory.join(session, msg.room)
-    return wire.Room(id=msg.id, room=msg.room, members=members)
-
-
-async def room_leave(f: RelayFactory, session: Session, msg: wire.RoomLeave) -> wire.Message:
-    """Leave a room."""
-    f.relay.charge(session)
-    await f.relay.directory.leave(session, msg.room)
+    await f.relay.directory.post(session, msg.room, msg.event, f.relay.graph.may_contact)
     return wire.Ok(id=msg.id)
+
+
+async def room_sync(f: RelayFactory, session: Session, msg: wire.RoomSync) -> wire.Message:
+    """A room's signed events after a sequence number."""
+    events = await f.relay.directory.events_for(session, msg.room, msg.after)
+    return wire.RoomEvents(id=msg.id, room=msg.room, events=events)
+
+
+async def room_list(f: RelayFactory, session: Session, msg: wire.RoomList) -> wire.Message:
+    """The rooms this user is in or invited to."""
+    return wire.Rooms(id=msg.id, rooms=await f.relay.directory.rooms_of(session))
 
 
 async def room_members(f: RelayFactory, session: Session, msg: wire.RoomMembers) -> wire.Message:
@@ -158,8 +162,9 @@ HANDLERS: dict[str, _Handler] = {
     "contact_accept": contact_change,
     "contact_remove": contact_change,
     "contact_list": contact_list,
-    "room_join": room_join,
-    "room_leave": room_leave,
+    "room_post": room_post,
+    "room_sync": room_sync,
+    "room_list": room_list,
     "room_members": room_members,
     "admin_list": admin_list,
     "admin_add_user": admin_add_user,

@@ -79,6 +79,9 @@ async def register(conn: RelayProtocol, msg: wire.Register) -> wire.Message:
     )  # fmt: skip
     f.relay.identities.forget(record.name)  # a re-created account has a new identity key
     log.info("registered {user} (conn {conn})", user=record.name, conn=conn.cid)
+    # An earlier account of that name may have been removed behind the relay's back: the
+    # newcomer inherits nothing the relay still remembers about it (rooms, contacts).
+    f.relay.forget_user(record.name)
     return wire.Registered(id=msg.id, user=record.name)
 
 

@@ -96,8 +96,9 @@ class Relay:
         #: The only writers of contact and room state (store rows and session caches).
         self.graph = ContactGraph(store, self.sessions, self.changes)
         self.directory = RoomDirectory(
-            store, self.sessions, self.changes, config.policy.max_room_members
-        )
+            store, self.sessions, self.changes, config.policy.max_room_members,
+            self.contacts_only,
+        )  # fmt: skip
         #: Sessions with envelopes in their outbox, and the flush that sends them.
         self._dirty: list[Session] = []
         self._flush_call: IDelayedCall | None = None

@@ -13,7 +13,7 @@ as small as the number of logins in progress.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 from securechat.errors import StoreError
 from securechat.server.store.interface import IStore
@@ -54,7 +54,7 @@ class ChangeCounter:
 
 async def read_social(
     store: IStore,
-    room_members: Callable[[str], Awaitable[set[str]]],
+    room_members: Callable[[str], Awaitable[Collection[str]]],
     changes: ChangeCounter,
     user: str,
 ) -> tuple[list[tuple[str, str]], list[str]]:

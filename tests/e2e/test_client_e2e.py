@@ -299,14 +299,17 @@ async def test_room_of_three(relay: tuple[Relay, str]) -> None:
     room = f"#room-{backend}"
     m = marker(f"room-{backend}")
     clients = await r.online(*names, register=True, backend=backend)
-    # Join one after another, so each member knows the earlier ones from the join reply
-    # and learns the later ones from the relay's room updates.
-    for i, c in enumerate(clients):
+    ann, ben, cat = clients
+    # ann creates the room (invite-only) and invites the others, who accept: every step is
+    # an event signed by its actor, verified by every client.
+    ann.send(f"/join {room}")
+    await ann.expect("room", room=room, action="create", members=[names[0]])
+    for name, c in ((names[1], ben), (names[2], cat)):
+        ann.send(f"/invite {name} {room}")
+        await c.expect("room", room=room, action="invite", user=name)
         c.send(f"/join {room}")
-        await c.expect("room", room=room, joined=True, members=sorted(names[: i + 1]))
-    for i, c in enumerate(clients):
-        for later in names[i + 1 :]:
-            await c.expect("room", room=room, user=later, joined=True)
+        await ann.expect("room", room=room, action="join", by=name)
+    await ben.expect("room", room=room, action="join", by=names[2], members=sorted(names))
     for name, c in zip(names, clients, strict=True):
         c.send(f"/msg {room} {m} from {name}")
     for name, c in zip(names, clients, strict=True):
@@ -314,10 +317,21 @@ async def test_room_of_three(relay: tuple[Relay, str]) -> None:
             if sender != name:
                 got = await c.expect("message", **{"from": sender})
                 assert (got["room"], got["text"]) == (room, f"{m} from {sender}")
+    sent = await ann.expect("sent", to=room)
+    assert sent["recipients"] == sorted(names[1:])
+    # ann (the owner) removes cat: cat is told, and gets nothing more from the room.
+    ann.send(f"/remove {names[2]} {room}")
+    await cat.expect("room", room=room, action="remove", user=names[2])
+    await ben.expect("room", room=room, action="remove", user=names[2])
+    ann.send(f"/msg {room} {m} after the removal")
+    got = await ben.expect("message", text=f"{m} after the removal")
+    assert got["room"] == room
+    await ann.expect("sent", to=room, recipients=[names[1]])  # cat is not among them
+    cat.send(f"/members {room}")
+    await cat.expect("error", code="not-a-member")
     await finish_all(*clients)
-    for name, c in zip(names, clients, strict=True):
-        texts = sorted(e["text"] for e in c.all("message"))
-        assert texts == sorted(f"{m} from {s}" for s in names if s != name)
+    assert all("after the removal" not in e["text"] for e in cat.all("message"))
+    assert [c.all("warning") for c in clients] == [[], [], []]
     r.assert_never_saw(m)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from securechat import wire
 from securechat.server import keydir
+from tests.roomkit import RoomKit
 from tests.server.harness import Harness, make_config
 
 
@@ -113,7 +114,7 @@ def test_one_time_prekeys_are_capped_per_backend() -> None:
 
 def test_key_and_social_requests_take_send_tokens() -> None:
     """publish_prekeys, contact and room changes spend the sender's rate like sends."""
-    h = Harness(make_config(policy={"send_rate": 1.0, "send_burst": 6}))
+    h, kit = Harness(make_config(policy={"send_rate": 1.0, "send_burst": 5})), RoomKit()
     a = h.online("alice")
     h.add_user("bob")
     requests: list[wire.Message] = [
@@ -121,8 +122,7 @@ def test_key_and_social_requests_take_send_tokens() -> None:
         wire.ContactRequest(id=2, user="bob"),
         wire.ContactRemove(id=3, user="bob"),
         wire.ContactAccept(id=4, user="bob"),  # refused (no request), still charged
-        wire.RoomJoin(id=5, room="#r"),
-        wire.RoomLeave(id=6, room="#r"),
+        wire.RoomPost(id=5, room="#r", event=kit.make("#r", "alice", wire.CREATE)),
     ]
     for msg in requests:
         rid = getattr(msg, "id", None)
@@ -132,7 +132,8 @@ def test_key_and_social_requests_take_send_tokens() -> None:
         err = a.error(msg)
         assert err.code == wire.E_RATE_LIMITED and err.retry_after is not None
     h.clock.advance(1.0)
-    assert a.reply(wire.RoomJoin(id=7, room="#r"), wire.Room).members == ("alice",)
+    invite = kit.make("#r", "alice", wire.INVITE, "bob")
+    assert a.reply(wire.RoomPost(id=7, room="#r", event=invite), wire.Ok)
     assert a.reply(wire.ContactList(id=8), wire.Contacts)  # reads stay free
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from securechat import wire
+from tests.roomkit import RoomKit
 from tests.server.harness import Client, Harness, delivered, item, make_config
 
 
@@ -35,10 +36,12 @@ def test_presence_and_who_under_anyone() -> None:
 
 def test_presence_reaches_room_co_members() -> None:
     """Co-members of a room see each other's presence, from the join on and at later logins."""
-    h = Harness()
+    h, kit = Harness(), RoomKit()
     a, b, c = h.online("alice"), h.online("bob"), h.online("carol")
-    a.reply(wire.RoomJoin(id=1, room="#r"), wire.Room)
-    b.reply(wire.RoomJoin(id=2, room="#r"), wire.Room)
+    a.reply(wire.RoomPost(id=1, room="#r", event=kit.make("#r", "alice", wire.CREATE)), wire.Ok)
+    invite = kit.make("#r", "alice", wire.INVITE, "bob")
+    a.reply(wire.RoomPost(id=2, room="#r", event=invite), wire.Ok)
+    b.reply(wire.RoomPost(id=3, room="#r", event=kit.make("#r", "bob", wire.JOIN)), wire.Ok)
     assert wire.Presence(user="bob", online=True) in a.received()
     assert wire.Presence(user="alice", online=True) in b.received()
     b.drop()
@@ -46,7 +49,7 @@ def test_presence_reaches_room_co_members() -> None:
     b = h.online("bob")
     assert _pushes(a, wire.Presence) == [wire.Presence(user="bob", online=True)]
     assert _pushes(c, wire.Presence) == []
-    b.reply(wire.RoomLeave(id=3, room="#r"), wire.Ok)
+    b.reply(wire.RoomPost(id=4, room="#r", event=kit.make("#r", "bob", wire.LEAVE)), wire.Ok)
     a.received()
     b.drop()
     assert _pushes(a, wire.Presence) == []
@@ -102,39 +105,3 @@ def test_contact_errors() -> None:
     assert a.error(wire.ContactRequest(id=2, user="alice")).code == wire.E_BAD_REQUEST
     h.add_user("bob")
     assert a.error(wire.ContactAccept(id=3, user="bob")).code == wire.E_BAD_REQUEST
-
-
-def test_rooms_membership_fanout_and_leave() -> None:
-    """Members learn of joins and leaves; room sends need sender and recipient in the room."""
-    h = Harness(make_config(policy={"messaging": "contacts"}))
-    a, b, c = h.online("alice"), h.online("bob"), h.online("carol")
-    assert a.reply(wire.RoomJoin(id=1, room="#ops"), wire.Room).members == ("alice",)
-    assert b.reply(wire.RoomJoin(id=2, room="#ops"), wire.Room).members == ("alice", "bob")
-    assert _pushes(a, wire.RoomUpdate) == [wire.RoomUpdate(room="#ops", user="bob", joined=True)]
-    # Pairwise fan-out: one envelope per other member, even without being contacts.
-    results = _send(a, item("bob", b"to room", room="#ops"), item("carol", b"x", room="#ops"))
-    assert [(r.status, r.code) for r in results] == [
-        (wire.STATUS_DELIVERED, None), (wire.STATUS_ERROR, wire.E_NOT_A_MEMBER),
-    ]  # fmt: skip
-    got = delivered(b.received())
-    assert [(i.room, i.sender, i.payload) for i in got] == [("#ops", "alice", b"to room")]
-    assert _send(c, item("alice", room="#ops"))[0].code == wire.E_NOT_A_MEMBER
-    assert c.error(wire.RoomMembers(id=3, room="#ops")).code == wire.E_NOT_A_MEMBER
-    assert a.reply(wire.RoomMembers(id=4, room="#ops"), wire.Room).members == ("alice", "bob")
-    # Room members may fetch each other's bundles under the contacts policy.
-    assert a.error(wire.FetchBundle(id=5, user="bob", backend="ecdh")).code == wire.E_NO_BUNDLE
-    assert b.reply(wire.RoomLeave(id=6, room="#ops"), wire.Ok).id == 6
-    assert _pushes(a, wire.RoomUpdate) == [wire.RoomUpdate(room="#ops", user="bob", joined=False)]
-    assert b.error(wire.RoomLeave(id=7, room="#ops")).code == wire.E_NOT_A_MEMBER
-    assert _send(a, item("bob", room="#ops"))[0].code == wire.E_NOT_A_MEMBER
-
-
-def test_room_limits_and_names() -> None:
-    """Bad room names and full rooms are refused."""
-    h = Harness(make_config(policy={"max_room_members": 2}))
-    a, b, c = h.online("alice"), h.online("bob"), h.online("carol")
-    assert a.error(wire.RoomJoin(id=1, room="no hash")).code == wire.E_BAD_NAME
-    a.reply(wire.RoomJoin(id=2, room="#x"), wire.Room)
-    b.reply(wire.RoomJoin(id=3, room="#x"), wire.Room)
-    assert c.error(wire.RoomJoin(id=4, room="#x")).code == wire.E_ROOM_FULL
-    assert a.reply(wire.RoomJoin(id=5, room="#x"), wire.Room).members == ("alice", "bob")

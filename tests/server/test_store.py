@@ -22,7 +22,14 @@ from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from securechat.config import StoreSection
-from securechat.errors import NoSuchUser, QueueFull, StoreError, TooManyPrekeys, UserExists
+from securechat.errors import (
+    NoSuchUser,
+    QueueFull,
+    RoomConflict,
+    StoreError,
+    TooManyPrekeys,
+    UserExists,
+)
 from securechat.server.store.interface import (
     CONTACT_ACCEPTED,
     CONTACT_PENDING_IN,
@@ -127,9 +134,10 @@ def test_remove_user_cascades(store: Any) -> Any:
     """Removing a user removes their keys, contacts, rooms and queue, not what they sent."""
     yield store.publish_prekeys("alice", "ecdh", b"spk", [(1, b"o1")])
     yield store.add_contact("alice", "bob")
-    yield store.join_room("solo", "alice")
-    yield store.join_room("pair", "alice")
-    yield store.join_room("pair", "carol")
+    yield store.post_room_event("solo", 1, b"e1", [("alice", "member")])
+    yield store.post_room_event("pair", 1, b"e1", [("alice", "member")])
+    yield store.post_room_event("pair", 2, b"e2", [("carol", "member")])
+    yield store.post_room_event("pair", 3, b"e3", [("bob", "invited")])
     yield store.enqueue([env("alice", 1), env("bob", 2, sender="alice")])
     assert (yield store.remove_user("alice")) is True
     assert (yield store.remove_user("alice")) is False
@@ -138,12 +146,15 @@ def test_remove_user_cascades(store: Any) -> Any:
     assert (yield store.fetch_bundle("alice", "ecdh")) is None
     assert (yield store.list_contacts("bob")) == []
     assert (yield store.room_members("solo")) == []
+    assert (yield store.room_events("solo", 0, 10)) == []  # the room ended with alice
     assert (yield store.room_members("pair")) == ["carol"]
+    assert (yield store.room_roster("pair")) == [("bob", "invited"), ("carol", "member")]
     assert (yield store.queue_length("alice")) == 0
     assert [e.sender for e in (yield store.pending("bob", 0, 10))] == ["alice"]
     # The name is free again, with nothing left over from before.
     yield store.add_user("alice", ROLE_USER, None, None)
     assert (yield store.user_rooms("alice")) == []
+    assert (yield store.user_room_states("alice")) == []
 
 
 # -- prekeys -------------------------------------------------------------------
@@ -252,19 +263,37 @@ def test_contact_remove_and_admin_add(store: Any) -> Any:
 # -- rooms ---------------------------------------------------------------------
 @pytest_twisted.inlineCallbacks
 def test_rooms(store: Any) -> Any:
-    """Rooms appear with their first member and disappear with their last."""
-    yield store.join_room("ops", "carol")
-    yield store.join_room("ops", "alice")
-    yield store.join_room("ops", "alice")
-    yield store.join_room("dev", "alice")
-    assert (yield store.room_members("ops")) == ["alice", "carol"]
-    assert (yield store.user_rooms("alice")) == ["dev", "ops"]
-    assert (yield store.leave_room("ops", "bob")) is False
-    assert (yield store.leave_room("ops", "alice")) is True
-    assert (yield store.leave_room("ops", "carol")) is True
-    assert (yield store.room_members("ops")) == []
-    assert (yield store.leave_room("ops", "carol")) is False
-    assert isinstance((yield failure_of(store.join_room("ops", "zed"))), NoSuchUser)
+    """Room events are appended in order (a stale one is a conflict) with their membership
+    changes; a room ends, events and invitations too, when its last member goes."""
+    yield store.post_room_event("#ops", 1, b"create", [("carol", "member")])
+    yield store.post_room_event("#ops", 2, b"invite", [("alice", "invited")])
+    assert isinstance((yield failure_of(store.post_room_event("#ops", 2, b"x", []))),
+                      RoomConflict)  # fmt: skip
+    assert isinstance((yield failure_of(store.post_room_event("#ops", 9, b"x", []))),
+                      RoomConflict)  # fmt: skip
+    assert isinstance(
+        (yield failure_of(store.post_room_event("#ops", 3, b"x", [("zed", "invited")]))),
+        NoSuchUser,
+    )
+    assert (yield store.room_events("#ops", 0, 10)) == [(1, b"create"), (2, b"invite")]
+    assert (yield store.room_events("#ops", 1, 10)) == [(2, b"invite")]
+    assert (yield store.room_members("#ops")) == ["carol"]
+    assert (yield store.user_rooms("alice")) == []
+    assert (yield store.user_room_states("alice")) == [("#ops", "invited", 2)]
+    yield store.post_room_event("#ops", 3, b"join", [("alice", "member")])
+    yield store.post_room_event("#dev", 1, b"create", [("alice", "member")])
+    assert (yield store.room_members("#ops")) == ["alice", "carol"]
+    assert (yield store.user_rooms("alice")) == ["#dev", "#ops"]
+    assert (yield store.user_room_states("alice")) == [("#dev", "member", 1),
+                                                       ("#ops", "member", 3)]  # fmt: skip
+    yield store.post_room_event("#ops", 4, b"invite", [("bob", "invited")])
+    yield store.post_room_event("#ops", 5, b"leave", [("alice", None)])
+    yield store.post_room_event("#ops", 6, b"leave", [("carol", None)])
+    assert (yield store.room_members("#ops")) == []
+    assert (yield store.room_roster("#ops")) == []
+    assert (yield store.room_events("#ops", 0, 10)) == []
+    assert (yield store.user_room_states("bob")) == []
+    yield store.post_room_event("#ops", 1, b"again", [("bob", "member")])  # the name is free
 
 
 # -- offline queue -------------------------------------------------------------

@@ -119,7 +119,7 @@ def test_too_new_version(tmp_path: Path) -> None:
     conn.execute("UPDATE schema_version SET version = 99")
     conn.commit()
     conn.close()
-    with pytest.raises(StoreError, match=r"version 99 is newer .*\(2\)"):
+    with pytest.raises(StoreError, match=r"version 99 is newer .*\(3\)"):
         open_and_close(path)
     assert version_of(path) == 99
 
@@ -173,7 +173,7 @@ _HALF_UPGRADE = (
     ("files", "problem"),
     [
         (files_up_to(2, **{"upgrade-v1-to-v2.sql": _HALF_UPGRADE}), "no such table"),
-        (files_up_to(3), "upgrade-v2-to-v3.sql"),
+        (files_up_to(4), "upgrade-v3-to-v4.sql"),
     ],
 )
 def test_failed_upgrade_leaves_file_at_old_version(

@@ -21,6 +21,8 @@ ROLE_USER = "user"
 CONTACT_PENDING_OUT = "pending-out"  # I asked them
 CONTACT_PENDING_IN = "pending-in"  # they asked me
 CONTACT_ACCEPTED = "accepted"
+ROOM_MEMBER = "member"
+ROOM_INVITED = "invited"
 
 
 @dataclass(frozen=True)
@@ -166,17 +168,31 @@ class IStore(Interface):
         """True when ``a`` and ``b`` are accepted contacts."""
 
     # -- rooms -----------------------------------------------------------------
-    def join_room(room: str, user: str) -> Deferred[None]:
-        """Add ``user`` to ``room``, creating the room if needed."""
+    def post_room_event(
+        room: str, seq: int, event: bytes, changes: list[tuple[str, str | None]]
+    ) -> Deferred[None]:
+        """Append ``event`` as ``room``'s event ``seq`` and apply ``changes`` (user, then
+        ``member``, ``invited`` or None for gone) in one transaction; event 1 creates the
+        room, and a room left without members is deleted with its events.
 
-    def leave_room(room: str, user: str) -> Deferred[bool]:
-        """Remove ``user`` from ``room``; the room disappears with its last member."""
+        :raises RoomConflict: ``seq`` is not one more than the room's last event.
+        :raises NoSuchUser: a user given a state does not exist.
+        """
+
+    def room_events(room: str, after: int, limit: int) -> Deferred[list[tuple[int, bytes]]]:
+        """Up to ``limit`` (seq, event) of ``room`` after ``after``, in order."""
+
+    def room_roster(room: str) -> Deferred[list[tuple[str, str]]]:
+        """(user, ``member`` or ``invited``) of ``room`` ordered by name."""
 
     def room_members(room: str) -> Deferred[list[str]]:
         """Members of ``room`` ordered by name (empty if there is no such room)."""
 
     def user_rooms(user: str) -> Deferred[list[str]]:
-        """Rooms ``user`` is in."""
+        """Rooms ``user`` is a member of."""
+
+    def user_room_states(user: str) -> Deferred[list[tuple[str, str, int]]]:
+        """(room, ``member`` or ``invited``, last event seq) for ``user``, by room."""
 
     # -- offline queue (accepted means durable) --------------------------------
     def enqueue(envelopes: list[NewEnvelope]) -> Deferred[list[QueuedEnvelope]]:

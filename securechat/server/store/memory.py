@@ -19,13 +19,14 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from securechat.config import StoreSection
-from securechat.errors import NoSuchUser, StoreError, TooManyPrekeys, UserExists
+from securechat.errors import NoSuchUser, RoomConflict, StoreError, TooManyPrekeys, UserExists
 from securechat.server.store.interface import (
     CONTACT_ACCEPTED,
     CONTACT_PENDING_IN,
     CONTACT_PENDING_OUT,
     ROLE_ADMIN,
     ROLE_USER,
+    ROOM_MEMBER,
     ContactChange,
     IStore,
     NewEnvelope,
@@ -70,7 +71,9 @@ class MemoryStore:
         self._users: dict[str, UserRecord] = {}
         self._keys: dict[tuple[str, str], _Keys] = {}
         self._contacts: dict[str, dict[str, str]] = {}
-        self._rooms: dict[str, set[str]] = {}
+        #: room -> user -> ``member`` or ``invited``; room -> signed events in order.
+        self._rooms: dict[str, dict[str, str]] = {}
+        self._room_events: dict[str, list[bytes]] = {}
         self._queues: dict[str, list[QueuedEnvelope]] = {}
         self._last_seq = 0
         #: Number of enqueue "transactions", mirroring :attr:`SQLiteStore.transactions`.
@@ -152,8 +155,9 @@ class MemoryStore:
             del self._keys[key]
         for peer in self._contacts.pop(name, {}):
             self._contacts.get(peer, {}).pop(name, None)
-        for room in [r for r, members in self._rooms.items() if name in members]:
-            self._leave_room(room, name)
+        for room in [r for r, roster in self._rooms.items() if name in roster]:
+            del self._rooms[room][name]
+            self._drop_room_if_empty(room)
         self._queues.pop(name, None)
         self._usage.forget(name)
         return defer.succeed(True)
@@ -279,34 +283,60 @@ class MemoryStore:
         self._contacts.setdefault(b, {})[a] = state_b
 
     # -- rooms -----------------------------------------------------------------
-    def join_room(self, room: str, user: str) -> Deferred[None]:
+    def post_room_event(
+        self, room: str, seq: int, event: bytes, changes: list[tuple[str, str | None]]
+    ) -> Deferred[None]:
         """IStore API."""
-        return self._call(self._join_room, room, user)
+        return self._call(self._post_room_event, room, seq, event, changes)
 
-    def _join_room(self, room: str, user: str) -> None:
-        self._need_user(user)
-        self._rooms.setdefault(room, set()).add(user)
+    def _post_room_event(
+        self, room: str, seq: int, event: bytes, changes: list[tuple[str, str | None]]
+    ) -> None:
+        events = self._room_events.get(room, [])
+        if len(events) != seq - 1:
+            raise RoomConflict(room)
+        for user, state in changes:
+            if state is not None:
+                self._need_user(user)
+        self._room_events[room] = [*events, event]
+        roster = self._rooms.setdefault(room, {})
+        for user, state in changes:
+            if state is None:
+                roster.pop(user, None)
+            else:
+                roster[user] = state
+        self._drop_room_if_empty(room)
 
-    def leave_room(self, room: str, user: str) -> Deferred[bool]:
+    def _drop_room_if_empty(self, room: str) -> None:
+        if ROOM_MEMBER not in self._rooms.get(room, {}).values():
+            self._rooms.pop(room, None)
+            self._room_events.pop(room, None)
+
+    def room_events(self, room: str, after: int, limit: int) -> Deferred[list[tuple[int, bytes]]]:
         """IStore API."""
-        return defer.succeed(self._leave_room(room, user))
+        events = self._room_events.get(room, [])[after : after + limit]
+        return defer.succeed([(after + 1 + i, e) for i, e in enumerate(events)])
 
-    def _leave_room(self, room: str, user: str) -> bool:
-        members = self._rooms.get(room)
-        if members is None or user not in members:
-            return False
-        members.discard(user)
-        if not members:
-            del self._rooms[room]
-        return True
+    def room_roster(self, room: str) -> Deferred[list[tuple[str, str]]]:
+        """IStore API."""
+        return defer.succeed(sorted(self._rooms.get(room, {}).items()))
 
     def room_members(self, room: str) -> Deferred[list[str]]:
         """IStore API."""
-        return defer.succeed(sorted(self._rooms.get(room, ())))
+        roster = self._rooms.get(room, {})
+        return defer.succeed(sorted(u for u, st in roster.items() if st == ROOM_MEMBER))
 
     def user_rooms(self, user: str) -> Deferred[list[str]]:
         """IStore API."""
-        return defer.succeed(sorted(r for r, members in self._rooms.items() if user in members))
+        rooms = self._rooms.items()
+        return defer.succeed(sorted(r for r, m in rooms if m.get(user) == ROOM_MEMBER))
+
+    def user_room_states(self, user: str) -> Deferred[list[tuple[str, str, int]]]:
+        """IStore API."""
+        return defer.succeed(sorted(
+            (r, m[user], len(self._room_events.get(r, ()))) for r, m in self._rooms.items()
+            if user in m
+        ))  # fmt: skip
 
     # -- offline queue ---------------------------------------------------------
     def enqueue(self, envelopes: list[NewEnvelope]) -> Deferred[list[QueuedEnvelope]]:

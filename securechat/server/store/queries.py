@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from securechat.errors import NoSuchUser, StoreError, TooManyPrekeys, UserExists
+from securechat.errors import NoSuchUser, RoomConflict, StoreError, TooManyPrekeys, UserExists
 from securechat.server.store.interface import (
     CONTACT_ACCEPTED,
     CONTACT_PENDING_IN,
@@ -106,7 +106,7 @@ def list_users(conn: sqlite3.Connection) -> list[UserRecord]:
 def remove_user(conn: sqlite3.Connection, name: str) -> bool:
     """Delete a user; foreign keys cascade to keys, contacts, memberships and their queue.
 
-    Rooms the user leaves empty are deleted as well, as :func:`leave_room` would.
+    Rooms the user leaves without members are deleted as well, with their events.
     Envelopes the user sent stay queued for their recipients.
     """
     with write_transaction(conn):
@@ -271,40 +271,95 @@ def are_contacts(conn: sqlite3.Connection, a: str, b: str) -> bool:
 
 
 # -- rooms ---------------------------------------------------------------------
-def join_room(conn: sqlite3.Connection, room: str, user: str, now: float) -> None:
-    """Add ``user`` to ``room``, creating the room. :raises NoSuchUser:"""
-    with write_transaction(conn):
-        _need_user(conn, user)
-        conn.execute("INSERT OR IGNORE INTO rooms (name, created) VALUES (?, ?)", (room, now))
-        conn.execute("INSERT OR IGNORE INTO room_members (room, user) VALUES (?, ?)", (room, user))
-
-
 def _drop_room_if_empty(conn: sqlite3.Connection, room: str) -> None:
+    """A room without members ends: its invitations and events go with it."""
     conn.execute(
-        "DELETE FROM rooms WHERE name = ?"
-        " AND NOT EXISTS (SELECT 1 FROM room_members WHERE room = ?)",
+        "DELETE FROM rooms WHERE name = ? AND NOT EXISTS"
+        " (SELECT 1 FROM room_members WHERE room = ? AND state = 'member')",
         (room, room),
     )
 
 
-def leave_room(conn: sqlite3.Connection, room: str, user: str) -> bool:
-    """Remove ``user`` from ``room``; the room goes with its last member."""
+def post_room_event(
+    conn: sqlite3.Connection,
+    room: str,
+    seq: int,
+    event: bytes,
+    changes: list[tuple[str, str | None]],
+    now: float,
+) -> None:
+    """Append one event and apply its membership changes (see the interface).
+
+    :raises RoomConflict: :raises NoSuchUser:
+    """
     with write_transaction(conn):
-        cur = conn.execute("DELETE FROM room_members WHERE room = ? AND user = ?", (room, user))
+        row = conn.execute("SELECT MAX(seq) FROM room_events WHERE room = ?", (room,)).fetchone()
+        if (row[0] or 0) != seq - 1:
+            raise RoomConflict(room)
+        if seq == 1:
+            conn.execute("INSERT INTO rooms (name, created) VALUES (?, ?)", (room, now))
+        conn.execute(
+            "INSERT INTO room_events (room, seq, event) VALUES (?, ?, ?)", (room, seq, event)
+        )
+        for user, state in changes:
+            if state is None:
+                conn.execute(
+                    "DELETE FROM room_members WHERE room = ? AND user = ?", (room, user)
+                )
+            else:
+                _need_user(conn, user)
+                conn.execute(
+                    "INSERT OR REPLACE INTO room_members (room, user, state) VALUES (?, ?, ?)",
+                    (room, user, state),
+                )
         _drop_room_if_empty(conn, room)
-        return cur.rowcount > 0
+
+
+def room_events(
+    conn: sqlite3.Connection, room: str, after: int, limit: int
+) -> list[tuple[int, bytes]]:
+    """Events of ``room`` after ``after``, oldest first."""
+    cur = conn.execute(
+        "SELECT seq, event FROM room_events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (room, after, limit),
+    )
+    return [(int(r[0]), bytes(r[1])) for r in cur]
+
+
+def room_roster(conn: sqlite3.Connection, room: str) -> list[tuple[str, str]]:
+    """(user, state) of ``room`` ordered by name."""
+    cur = conn.execute(
+        "SELECT user, state FROM room_members WHERE room = ? ORDER BY user", (room,)
+    )
+    return [(str(r[0]), str(r[1])) for r in cur]
 
 
 def room_members(conn: sqlite3.Connection, room: str) -> list[str]:
     """Members of ``room`` ordered by name."""
-    cur = conn.execute("SELECT user FROM room_members WHERE room = ? ORDER BY user", (room,))
+    cur = conn.execute(
+        "SELECT user FROM room_members WHERE room = ? AND state = 'member' ORDER BY user",
+        (room,),
+    )
     return [str(r[0]) for r in cur]
 
 
 def user_rooms(conn: sqlite3.Connection, user: str) -> list[str]:
-    """Rooms ``user`` is in, ordered by name."""
-    cur = conn.execute("SELECT room FROM room_members WHERE user = ? ORDER BY room", (user,))
+    """Rooms ``user`` is a member of, ordered by name."""
+    cur = conn.execute(
+        "SELECT room FROM room_members WHERE user = ? AND state = 'member' ORDER BY room",
+        (user,),
+    )
     return [str(r[0]) for r in cur]
+
+
+def user_room_states(conn: sqlite3.Connection, user: str) -> list[tuple[str, str, int]]:
+    """(room, state, last event seq) for ``user``, ordered by room."""
+    cur = conn.execute(
+        "SELECT m.room, m.state, (SELECT MAX(seq) FROM room_events e WHERE e.room = m.room)"
+        " FROM room_members m WHERE m.user = ? ORDER BY m.room",
+        (user,),
+    )
+    return [(str(r[0]), str(r[1]), int(r[2] or 0)) for r in cur]
 
 
 # -- operations ----------------------------------------------------------------

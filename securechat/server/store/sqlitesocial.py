@@ -124,13 +124,20 @@ class SocialQueries:
         return self.run(queries.are_contacts, a, b)
 
     # -- rooms -----------------------------------------------------------------
-    def join_room(self, room: str, user: str) -> Deferred[None]:
+    def post_room_event(
+        self, room: str, seq: int, event: bytes, changes: list[tuple[str, str | None]]
+    ) -> Deferred[None]:
         """IStore API."""
-        return self.run(queries.join_room, room, user, self._clock.seconds())
+        now = self._clock.seconds()
+        return self.run(queries.post_room_event, room, seq, event, changes, now)
 
-    def leave_room(self, room: str, user: str) -> Deferred[bool]:
+    def room_events(self, room: str, after: int, limit: int) -> Deferred[list[tuple[int, bytes]]]:
         """IStore API."""
-        return self.run(queries.leave_room, room, user)
+        return self.run(queries.room_events, room, after, limit)
+
+    def room_roster(self, room: str) -> Deferred[list[tuple[str, str]]]:
+        """IStore API."""
+        return self.run(queries.room_roster, room)
 
     def room_members(self, room: str) -> Deferred[list[str]]:
         """IStore API."""
@@ -139,6 +146,10 @@ class SocialQueries:
     def user_rooms(self, user: str) -> Deferred[list[str]]:
         """IStore API."""
         return self.run(queries.user_rooms, user)
+
+    def user_room_states(self, user: str) -> Deferred[list[tuple[str, str, int]]]:
+        """IStore API."""
+        return self.run(queries.user_room_states, user)
 
     # -- status ----------------------------------------------------------------
     def ping(self) -> Deferred[None]:

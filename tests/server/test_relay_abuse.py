@@ -14,6 +14,7 @@ from twisted.internet import defer
 from securechat import wire
 from securechat.config import StoreSection
 from securechat.errors import StoreUnavailable
+from tests.roomkit import RoomKit
 from tests.server.harness import Client, Harness, delivered, item
 
 
@@ -50,8 +51,11 @@ def test_room_envelopes_are_not_counted_as_strangers() -> None:
     h.add_user("dave")
     a = h.online("alice")
     d = h.online("dave")
-    for c in (a, d):
-        c.reply(wire.RoomJoin(id=c.next_id(), room="#r"), wire.Room)
+    kit = RoomKit()
+    for c, blob in ((a, kit.make("#r", "alice", wire.CREATE)),
+                    (a, kit.make("#r", "alice", wire.INVITE, "dave")),
+                    (d, kit.make("#r", "dave", wire.JOIN))):  # fmt: skip
+        c.reply(wire.RoomPost(id=c.next_id(), room="#r", event=blob), wire.Ok)
     d.drop()
     results = _send(a, *(item("dave", b"%d" % i, room="#r") for i in range(3)))
     assert _codes(results) == [wire.STATUS_QUEUED] * 3

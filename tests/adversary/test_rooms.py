@@ -7,13 +7,30 @@ its actor and forwarded by the honest daemon), then scripts the lie.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 import pytest_twisted
 
 from securechat import wire
-from tests.adversary.arena import Arena
+from tests.adversary.arena import DEFAULT_OVERRIDES, Arena
+from tests.adversary.conftest import _block
 from tests.adversary.relay import Link, MaliciousRelay
 from tests.e2e.clientproc import ClientProcess
 from tests.roomkit import RoomKit
+
+
+@pytest.fixture(scope="module")
+def arena(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arena]:
+    """The usual arena, allowing the ten registrations from one address this module makes
+    (every client reaches the daemon from the relay's 127.0.0.1)."""
+    auth = {**DEFAULT_OVERRIDES["auth"], "registration_address_burst": 20}
+    a = Arena(Path(tmp_path_factory.mktemp("adversary-rooms")),
+              {**DEFAULT_OVERRIDES, "auth": auth})  # fmt: skip
+    _block(a.start())
+    yield a
+    _block(a.stop())
 
 
 async def _room(room: str, owner: ClientProcess, *members: tuple[str, ClientProcess]) -> None:

@@ -23,6 +23,10 @@ from securechat.errors import ConfigError
 #: Key-agreement backends that exist: read from their specs (a data-only module, so the
 #: server still loads no crypto implementation).
 KNOWN_BACKENDS = backend_names()
+#: Per backend, what the relay checks published keys against and when it asks a client
+#: for more one-time prekeys (also from the specs, so that client and server agree).
+PUBLIC_KEY_BYTES = {name: s.public_bytes for name, s in SPECS.items()}
+ONE_TIME_LOW = {name: s.one_time_low for name, s in SPECS.items()}
 AUTH_METHODS = ("password", "publickey", "certificate")
 PASSWORD_HASHES = ("argon2id", "scrypt")
 MESSAGING_POLICIES = ("anyone", "contacts")
@@ -125,6 +129,10 @@ class PolicySection:
     send_burst: int = 2000
     max_envelope_bytes: int = 64 * 1024
     max_room_members: int = 256
+    #: One-time prekeys one user may take from one other user's pool: a burst, then one
+    #: per 1/rate seconds; further bundles come without one (``0`` switches it off).
+    one_time_per_peer_burst: int = 3
+    one_time_per_peer_rate: float = 1 / 600
 
 
 @dataclass(frozen=True)

@@ -112,17 +112,20 @@ class Account:
         return reply.role
 
     async def publish(self, proto: WireClientProtocol, backend: str, have: int | None) -> None:
-        """Upload a signed prekey when needed, then top up one-time prekeys."""
-        signed, one_time = self.sessions.prekeys.to_publish(backend, have if have is not None
-                                                            else 1 << 30)  # fmt: skip
-        self.keystore.save()  # private halves are durable before anyone can use them
-        reply = await proto.request(
-            wire.PublishPrekeys, backend=backend, signed_prekey=signed,
-            one_time=tuple(wire.OneTimePrekey(i, k) for i, k in one_time),
-            identity_key=self.sessions.identity.public_bytes(),
-        )  # fmt: skip
-        assert isinstance(reply, wire.PrekeysStored)
-        _, one_time = self.sessions.prekeys.to_publish(backend, reply.one_time_count)
+        """Upload a signed prekey (and the identity key) when needed, then top up one-time
+        prekeys, made in the background and within the hourly budget
+        (:meth:`PrekeyStore.make_one_time`)."""
+        prekeys = self.sessions.prekeys
+        signed, _ = prekeys.to_publish(backend, 1 << 30)  # the signed prekey only, if due
+        if signed is not None or have is None:
+            self.keystore.save()  # private halves are durable before anyone can use them
+            reply = await proto.request(
+                wire.PublishPrekeys, backend=backend, signed_prekey=signed, one_time=(),
+                identity_key=self.sessions.identity.public_bytes(),
+            )  # fmt: skip
+            assert isinstance(reply, wire.PrekeysStored)
+            have = reply.one_time_count
+        one_time = await prekeys.make_one_time(backend, have)
         if one_time:
             self.keystore.save()
             await proto.request(

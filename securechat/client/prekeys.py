@@ -17,8 +17,11 @@ together (X3DH 2.2 and 3.4, handshake v2 in :mod:`securechat.crypto.handshake.v2
 from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
+from typing import Any
 
 import cbor2
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
 
 from securechat.client.keystore import KeystoreState
 from securechat.crypto import envelope as env
@@ -37,6 +40,10 @@ __all__ = ["ONE_TIME_TARGET", "REPLAY_CACHE_LIMIT", "SIGNED_PREKEY_LIFETIME", "P
 
 #: One-time prekeys to keep published per backend, from the specs (RSA keys are slow to make).
 ONE_TIME_TARGET = {name: backend.one_time_target for name, backend in SPECS.items()}
+#: One-time prekeys made per hour at most, per backend: peers who drain the pool (each
+#: bundle fetch takes one) cost this client bounded CPU; an empty pool still lets them
+#: start sessions on the signed prekey.
+ONE_TIME_PER_HOUR = {name: backend.one_time_per_hour for name, backend in SPECS.items()}
 SIGNED_PREKEY_LIFETIME = 30 * 24 * 3600
 #: First messages remembered per signed prekey (32 bytes each). At half of it the prekey is
 #: replaced at the next publish; when full, further first messages under it are refused
@@ -44,8 +51,31 @@ SIGNED_PREKEY_LIFETIME = 30 * 24 * 3600
 REPLAY_CACHE_LIMIT = 20000
 
 
+class _Budget:
+    """A token bucket: ``per_hour`` keys an hour, as a burst of as many; starts full."""
+
+    def __init__(self, per_hour: int, now: float) -> None:
+        self.capacity = float(per_hour)
+        self.tokens = self.capacity
+        self.stamp = now
+
+    def take_up_to(self, n: int, now: float) -> int:
+        self.tokens = min(self.capacity, self.tokens + max(0.0, now - self.stamp)
+                          * self.capacity / 3600)  # fmt: skip
+        self.stamp = now
+        granted = min(n, int(self.tokens))
+        self.tokens -= granted
+        return granted
+
+
 class PrekeyStore:
     """Our published keys in the keystore state (saved by the caller, with the rest)."""
+
+    #: Runs one-time key generation off the reactor thread (an RSA key takes ~0.2 s of
+    #: CPU); tests replace it with an inline call.
+    @staticmethod
+    def run_keygen(fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThread(fn, *args)
 
     def __init__(
         self,
@@ -58,6 +88,38 @@ class PrekeyStore:
         self.identity = identity
         self.clock = clock
         self._kems = kems
+        self._budgets: dict[str, _Budget] = {}
+        self._making: set[str] = set()
+
+    async def make_one_time(self, backend: str, have: int) -> list[tuple[int, bytes]]:
+        """New one-time prekeys to get back to the target from ``have``: made on a thread,
+        at most :data:`ONE_TIME_PER_HOUR` an hour, one top-up per backend at a time (a
+        second "prekeys low" while one runs adds nothing). Private halves go to the
+        keystore; the caller saves it before publishing."""
+        wanted = max(0, ONE_TIME_TARGET[backend] - have)
+        if not wanted or backend in self._making:
+            return []
+        now = self.clock()
+        budget = self._budgets.get(backend)
+        if budget is None:
+            budget = self._budgets[backend] = _Budget(ONE_TIME_PER_HOUR[backend], now)
+        count = budget.take_up_to(wanted, now)
+        if not count:
+            return []
+        kem = self.local_kem(backend)
+        bid = env.backend_id(kem)
+        first = self.state.counters.get("prekey_id", 1)
+        self.state.counters["prekey_id"] = first + count
+        self._making.add(backend)
+        try:
+            made = await self.run_keygen(generate_one_time_prekeys, kem, first, count)
+        finally:
+            self._making.discard(backend)
+        out: list[tuple[int, bytes]] = []
+        for otk, pair in made:
+            self.state.prekeys[f"otk:{bid}:{otk.key_id}"] = _pack(otk.to_bytes(), pair)
+            out.append((otk.key_id, otk.to_bytes()))
+        return out
 
     def local_kem(self, name: str) -> IKem:
         """Our KEM for backend ``name`` with the client's default parameters."""

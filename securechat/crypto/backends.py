@@ -39,6 +39,14 @@ class BackendSpec:
     :ivar one_time_target: one-time prekeys a client keeps published (fewer for backends
         whose key generation is slow, such as RSA).
     :ivar summary: one line for ``--help`` and the documentation.
+    :ivar one_time_low: the server asks for more (``prekeys_low``) when fewer than this are
+        left, and the client then tops up to ``one_time_target`` in one batch; below the
+        target, so that a top-up is never one key per fetch.
+    :ivar one_time_per_hour: one-time prekeys a client makes per hour at most (in the
+        background), so that peers draining its pool cost it bounded CPU; when the pool is
+        empty, peers still start sessions on the signed prekey.
+    :ivar public_bytes: the smallest and largest public key of any parameter set, in bytes:
+        the relay refuses published keys outside it (it checks sizes, not keys).
     """
 
     name: str
@@ -47,6 +55,9 @@ class BackendSpec:
     client_params: Mapping[str, Any] = field(default_factory=dict)
     one_time_target: int = 50
     summary: str = ""
+    one_time_low: int = 10
+    one_time_per_hour: int = 500
+    public_bytes: tuple[int, int] = (1, 2048)
 
 
 def _ecdh(params: str) -> dict[str, Any] | None:
@@ -73,19 +84,22 @@ SPECS: Final[Mapping[str, BackendSpec]] = {
     for spec in (
         BackendSpec(
             "ecdh", "securechat.crypto.ecdh", _ecdh, {"curve": "x25519"}, 50,
-            "DHKEM(X25519) or DHKEM(P-256), RFC 9180",
+            "DHKEM(X25519) or DHKEM(P-256), RFC 9180", public_bytes=(32, 65),
         ),
         BackendSpec(
             "dh", "securechat.crypto.dh", _dh, {"group": "ffdhe3072"}, 20,
             "finite-field DH (RFC 7919/3526 groups) as a DHKEM, legacy",
+            one_time_low=5, one_time_per_hour=100, public_bytes=(128, 1024),
         ),
         BackendSpec(
             "rsa", "securechat.crypto.rsa", _rsa, {"bits": 3072}, 4,
             "RSA-OAEP-SHA256 key transport, no forward secrecy of its own",
+            one_time_low=2, one_time_per_hour=12, public_bytes=(160, 1100),
         ),
         BackendSpec(
             "hybrid", "securechat.crypto.xwing", _hybrid, {"kem": "xwing"}, 50,
             "X-Wing: ML-KEM-768 + X25519 (draft-connolly-cfrg-xwing-kem), post-quantum",
+            public_bytes=(1216, 1216),
         ),
     )
 }

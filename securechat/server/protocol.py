@@ -459,6 +459,7 @@ class RelayFactory(ServerFactory[RelayProtocol]):
         """Drop idle rate-limit and login-throttle buckets so their tables stay small, and
         check live sessions' accounts (:meth:`check_accounts`)."""
         self.relay.limiter.prune()
+        self.relay.handouts.prune()
         self.auth.prune()
         self.registrations.prune()
         return self.check_accounts()

@@ -32,13 +32,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from securechat import wire
-from securechat.config import ServerConfig
+from securechat.config import ONE_TIME_LOW, ServerConfig
 from securechat.errors import NoSuchUser, QueueFull, StoreError
 from securechat.server.contacts import ContactGraph
 from securechat.server.identities import IdentityDirectory
 from securechat.server.loglimit import RepeatLimiter
 from securechat.server.metrics import NULL_METRICS, IMetrics
-from securechat.server.ratelimit import SendLimiter
+from securechat.server.ratelimit import BucketTable, SendLimiter
 from securechat.server.roomdir import RoomDirectory
 from securechat.server.session import NO_ENVELOPES as _NO_ENVELOPES
 from securechat.server.session import ISessionSink, RelayError, Session
@@ -85,6 +85,11 @@ class Relay:
         self.store = store
         self.clock = clock
         self.limiter = limiter
+        #: One-time prekeys handed out per (requester, owner, backend): see keydir.
+        self.handouts = BucketTable(
+            config.policy.one_time_per_peer_burst, config.policy.one_time_per_peer_rate,
+            clock.seconds,
+        )  # fmt: skip
         self.sessions: dict[str, Session] = {}
         self.contacts_only = config.policy.messaging == "contacts"
         self._backends = frozenset(config.crypto.backends)
@@ -446,8 +451,10 @@ class Relay:
         return None
 
     def maybe_low(self, remaining: int, user: str, backend: str) -> None:
+        """Ask ``user``'s client for more one-time prekeys once fewer than the backend's
+        ``one_time_low`` are left (the client then tops up to its target in one batch)."""
         owner = self.sessions.get(user)
-        if owner is not None and remaining < PREKEY_LOW_WATERMARK:
+        if owner is not None and remaining < ONE_TIME_LOW.get(backend, PREKEY_LOW_WATERMARK):
             owner.sink.push(wire.PrekeysLow(backend=backend, remaining=remaining))
 
     def _log_failure(self, failure: Any, what: str) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 
@@ -34,6 +35,8 @@ PASS = "keystore passphrase"
 @pytest.fixture(autouse=True)
 def few_one_time_prekeys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(prekeys_mod, "ONE_TIME_TARGET", {"ecdh": 3, "dh": 2, "rsa": 1, "hybrid": 2})
+    # Key generation runs inline here: the in-memory network is pumped synchronously.
+    monkeypatch.setattr(prekeys_mod.PrekeyStore, "run_keygen", staticmethod(defer.maybeDeferred))
 
 
 class Peer:

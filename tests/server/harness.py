@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypeVar
 
+import cbor2
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -231,3 +232,23 @@ def item(
 def delivered(msgs: list[wire.Message]) -> list[wire.DeliverItem]:
     """All deliver items in ``msgs``, in order."""
     return [i for m in msgs if isinstance(m, wire.Deliver) for i in m.items]
+
+
+#: A public key size each backend really has (the relay checks sizes).
+PUBLIC_SIZE = {"ecdh": 32, "dh": 384, "rsa": 422, "hybrid": 1216}
+
+
+def spk_record(backend: str = "ecdh", key_id: int = 1, pub: bytes | None = None) -> bytes:
+    """A signed prekey record of the shape clients publish (the signature is not checked
+    by the relay, so any 64 bytes do)."""
+    pub = pub or b"P" * PUBLIC_SIZE[backend]
+    record = {"id": key_id, "be": f"{backend}:x", "pub": pub, "ikem": pub, "exp": 2**40,
+              "sig": b"S" * 64}  # fmt: skip
+    return bytes(cbor2.dumps(record, canonical=True))
+
+
+def otk_record(key_id: int, backend: str = "ecdh", pub: bytes | None = None) -> bytes:
+    """A one-time prekey record of the shape clients publish."""
+    pub = pub or key_id.to_bytes(PUBLIC_SIZE[backend], "big")
+    record = {"id": key_id, "be": f"{backend}:x", "pub": pub}
+    return bytes(cbor2.dumps(record, canonical=True))

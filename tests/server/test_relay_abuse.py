@@ -15,7 +15,15 @@ from securechat import wire
 from securechat.config import StoreSection
 from securechat.errors import StoreUnavailable
 from tests.roomkit import RoomKit
-from tests.server.harness import Client, Harness, delivered, item
+from tests.server.harness import (
+    Client,
+    Harness,
+    delivered,
+    item,
+    make_config,
+    otk_record,
+    spk_record,
+)
 
 
 def _send(c: Client, *items: wire.SendItem) -> tuple[wire.SendResult, ...]:
@@ -107,3 +115,70 @@ def test_low_disk_is_unavailable_with_the_stores_retry_hint() -> None:
     error = a.error(wire.Send(id=a.next_id(), items=(item("bob", b"x"),)))
     assert (error.code, error.retry_after) == (wire.E_UNAVAILABLE, 7.0)
     assert b.received() == []
+
+
+# -- the key directory -----------------------------------------------------------------------
+def _publish(c: Client, n: int, backend: str = "ecdh", **kw: Any) -> wire.Message:
+    one_time = tuple(wire.OneTimePrekey(i, otk_record(i, backend)) for i in range(1, n + 1))
+    msg = wire.PublishPrekeys(id=c.next_id(), backend=backend, one_time=one_time,
+                              signed_prekey=kw.pop("signed", spk_record(backend)),
+                              identity_key=kw.pop("identity", b"I" * 32))  # fmt: skip
+    return c.request(msg)[0]
+
+
+def test_junk_keys_are_refused_and_nothing_is_stored() -> None:
+    """16 KiB of junk as an identity key (or a prekey record of the wrong shape or size)
+    is refused with bad-request, and nothing of that publish is stored."""
+    h = Harness()
+    a, b = h.online("alice"), h.online("bob")
+    for junk in (
+        {"identity": b"\xff" * 16384},
+        {"signed": b"\xff" * 4000},
+        {"signed": spk_record(pub=b"P" * 2000)},  # no X25519 or P-256 key is that long
+        {"signed": spk_record(backend="rsa")},  # made for another backend
+    ):
+        reply = _publish(a, 3, **junk)
+        assert isinstance(reply, wire.Error) and reply.code == wire.E_BAD_REQUEST, junk
+    odd = wire.OneTimePrekey(7, otk_record(8))  # published under another id
+    reply = a.request(wire.PublishPrekeys(id=a.next_id(), backend="ecdh", one_time=(odd,)))[0]
+    assert isinstance(reply, wire.Error) and reply.code == wire.E_BAD_REQUEST
+    assert b.error(wire.FetchBundle(id=b.next_id(), user="alice", backend="ecdh")).code == (
+        wire.E_NO_BUNDLE
+    )
+    assert isinstance(_publish(a, 3), wire.PrekeysStored)  # well-formed keys still go in
+
+
+def test_one_requester_cannot_drain_a_pool() -> None:
+    """Bundles keep coming, but one requester gets only a few of alice's one-time
+    prekeys, then one per interval; others still get theirs."""
+    h = Harness(make_config(policy={"one_time_per_peer_burst": 3,
+                                    "one_time_per_peer_rate": 0.01}))  # fmt: skip
+    a, b, c = h.online("alice"), h.online("bob"), h.online("carol")
+    assert isinstance(_publish(a, 50), wire.PrekeysStored)
+
+    def fetch(client: Client) -> int | None:
+        msg = wire.FetchBundle(id=client.next_id(), user="alice", backend="ecdh")
+        return client.reply(msg, wire.Bundle).one_time_id
+
+    got = [fetch(b) for _ in range(20)]
+    assert got[:3] == [1, 2, 3] and got[3:] == [None] * 17
+    assert fetch(c) == 4
+    h.clock.advance(100)  # one more for bob after 1/rate seconds
+    assert [fetch(b), fetch(b)] == [5, None]
+
+
+def test_prekeys_low_follows_the_backends_threshold() -> None:
+    """The server asks for more only below the backend's one_time_low, which lies below
+    the client's target: a top-up is a batch, never one key per fetch."""
+    from securechat.crypto.backends import SPECS
+
+    for backend, spec in SPECS.items():
+        assert 0 < spec.one_time_low < spec.one_time_target, backend
+    h = Harness(make_config(policy={"one_time_per_peer_burst": 0}))
+    a, b = h.online("alice"), h.online("bob")
+    assert isinstance(_publish(a, 4, "rsa"), wire.PrekeysStored)
+    a.received()
+    for _ in range(4):
+        b.reply(wire.FetchBundle(id=b.next_id(), user="alice", backend="rsa"), wire.Bundle)
+    lows = [m.remaining for m in a.received() if isinstance(m, wire.PrekeysLow)]
+    assert lows == [1, 0]  # rsa's one_time_low is 2

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from securechat import wire
+from securechat.config import ONE_TIME_LOW
 from securechat.server import keydir
 from tests.roomkit import RoomKit
-from tests.server.harness import Harness, make_config
+from tests.server.harness import Harness, make_config, otk_record, spk_record
 
 
 def test_admin_commands() -> None:
@@ -48,11 +49,11 @@ def test_admin_commands_refused_for_users() -> None:
 
 def test_one_time_prekey_is_handed_out_once_and_owner_warned() -> None:
     """Each one-time prekey goes to one fetcher; the owner hears when few are left."""
-    h = Harness()
+    h = Harness(make_config(policy={"one_time_per_peer_burst": 0}))  # see test_relay_abuse
     a, b = h.online("alice"), h.online("bob")
-    one_time = tuple(wire.OneTimePrekey(i, bytes([i]) * 32) for i in range(1, 12))
+    one_time = tuple(wire.OneTimePrekey(i, otk_record(i)) for i in range(1, 12))
     stored = a.reply(
-        wire.PublishPrekeys(id=1, backend="ecdh", signed_prekey=b"S" * 64, one_time=one_time,
+        wire.PublishPrekeys(id=1, backend="ecdh", signed_prekey=spk_record(), one_time=one_time,
                             identity_key=b"I" * 32),
         wire.PrekeysStored,
     )  # fmt: skip
@@ -60,11 +61,11 @@ def test_one_time_prekey_is_handed_out_once_and_owner_warned() -> None:
     seen = []
     for n in range(12):
         bundle = b.reply(wire.FetchBundle(id=10 + n, user="alice", backend="ecdh"), wire.Bundle)
-        assert (bundle.identity_key, bundle.signed_prekey) == (b"I" * 32, b"S" * 64)
+        assert (bundle.identity_key, bundle.signed_prekey) == (b"I" * 32, spk_record())
         seen.append(bundle.one_time_id)
     assert seen == [*range(1, 12), None]
     lows = [m for m in a.received() if isinstance(m, wire.PrekeysLow)]
-    assert lows[0] == wire.PrekeysLow(backend="ecdh", remaining=9)
+    assert lows[0] == wire.PrekeysLow(backend="ecdh", remaining=ONE_TIME_LOW["ecdh"] - 1)
     assert lows[-1].remaining == 0
 
 
@@ -100,8 +101,8 @@ def test_one_time_prekeys_are_capped_per_backend() -> None:
     a = h.online("alice")
 
     def publish(rid: int, first: int, n: int) -> wire.PublishPrekeys:
-        keys = tuple(wire.OneTimePrekey(i, b"k" * 32) for i in range(first, first + n))
-        return wire.PublishPrekeys(id=rid, backend="ecdh", signed_prekey=b"S" * 64,
+        keys = tuple(wire.OneTimePrekey(i, otk_record(i)) for i in range(first, first + n))
+        return wire.PublishPrekeys(id=rid, backend="ecdh", signed_prekey=spk_record(),
                                    one_time=keys, identity_key=b"I" * 32)  # fmt: skip
 
     cap = keydir.MAX_STORED_ONE_TIME

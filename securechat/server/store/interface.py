@@ -138,8 +138,11 @@ class IStore(Interface):
         :class:`securechat.errors.TooManyPrekeys`.
         """
 
-    def fetch_bundle(user: str, backend: str) -> Deferred[PrekeyBundle | None]:
-        """Return a bundle, removing the one-time prekey it hands out (each is given once)."""
+    def fetch_bundle(
+        user: str, backend: str, take_one_time: bool = True
+    ) -> Deferred[PrekeyBundle | None]:
+        """Return a bundle, removing the one-time prekey it hands out (each is given once);
+        without one when ``take_one_time`` is False."""
 
     def count_one_time_prekeys(user: str, backend: str) -> Deferred[int]:
         """How many one-time prekeys are left."""

@@ -205,7 +205,9 @@ class MemoryStore:
         keys.one_time.update(one_time_prekeys)
         return len(keys.one_time)
 
-    def fetch_bundle(self, user: str, backend: str) -> Deferred[PrekeyBundle | None]:
+    def fetch_bundle(
+        self, user: str, backend: str, take_one_time: bool = True
+    ) -> Deferred[PrekeyBundle | None]:
         """IStore API: ``None`` without an identity key or a signed prekey for ``backend``."""
         record = self._users.get(user)
         keys = self._keys.get((user, backend))
@@ -215,7 +217,7 @@ class MemoryStore:
             return defer.succeed(None)
         otk_id: int | None = None
         otk: bytes | None = None
-        if keys.one_time:
+        if keys.one_time and take_one_time:
             otk_id = min(keys.one_time)
             otk = keys.one_time.pop(otk_id)
         return defer.succeed(

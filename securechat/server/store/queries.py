@@ -159,7 +159,9 @@ def publish_prekeys(
         return total
 
 
-def fetch_bundle(conn: sqlite3.Connection, user: str, backend: str) -> PrekeyBundle | None:
+def fetch_bundle(
+    conn: sqlite3.Connection, user: str, backend: str, take_one_time: bool = True
+) -> PrekeyBundle | None:
     """A bundle with the lowest-numbered one-time prekey, which is deleted in the same
     transaction so that no two peers ever receive it.
 
@@ -174,6 +176,8 @@ def fetch_bundle(conn: sqlite3.Connection, user: str, backend: str) -> PrekeyBun
         ).fetchone()
         if row is None or row[0] is None:
             return None
+        if not take_one_time:
+            return PrekeyBundle(user, backend, row[0], row[1], None, None)
         otk = conn.execute(
             "SELECT key_id, blob FROM one_time_prekeys WHERE user = ? AND backend = ?"
             " ORDER BY key_id LIMIT 1",

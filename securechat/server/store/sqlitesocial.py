@@ -90,9 +90,11 @@ class SocialQueries:
             max_one_time,
         )  # fmt: skip
 
-    def fetch_bundle(self, user: str, backend: str) -> Deferred[PrekeyBundle | None]:
+    def fetch_bundle(
+        self, user: str, backend: str, take_one_time: bool = True
+    ) -> Deferred[PrekeyBundle | None]:
         """IStore API."""
-        return self.run(queries.fetch_bundle, user, backend)
+        return self.run(queries.fetch_bundle, user, backend, take_one_time)
 
     def count_one_time_prekeys(self, user: str, backend: str) -> Deferred[int]:
         """IStore API."""

@@ -26,7 +26,7 @@ from twisted.internet import defer, task
 from bench._abuse import ConfigDir, PhaseResult, Scenario, run_phase
 
 #: Modules with a ``SCENARIOS`` list, in the order their rows are printed.
-SCENARIO_MODULES = ("bench.abuse_login",)
+SCENARIO_MODULES = ("bench.abuse_login", "bench.abuse_store")
 
 
 def scenarios() -> list[Scenario]:

@@ -195,3 +195,28 @@ def test_delivered_counts_every_envelope_of_runs_committed_together() -> None:
     assert m.envelopes_delivered == 5 and h.count == 5
     assert dict(h.cumulative())["0.01"] == 4 and dict(h.cumulative())["10.0"] == 5
     assert abs(h.sum - (4 * 0.01 + 6.0)) < 1e-9
+
+
+def test_refusals_and_logins_are_counted_by_kind_and_result() -> None:
+    """The relay counts refused envelopes as ``send``, the login handler counts results,
+    and a throttled login is also a ``login`` refusal."""
+    from securechat import wire
+    from tests.server.harness import Harness, item, make_config
+
+    h = Harness(make_config(policy={"send_rate": 2.0, "send_burst": 3}))
+    m = RelayMetrics(h.clock)
+    h.relay.metrics = h.factory.metrics = m
+    a, _ = h.online("alice"), h.online("bob")
+    a.reply(wire.Send(id=a.next_id(), items=tuple(item("bob", b"%d" % n) for n in range(5))),
+            wire.SendReply)  # fmt: skip
+    assert m.rate_limited_by_kind == {"send": 2} and m.envelopes_accepted == 3
+    h.add_user("carol")
+    c = h.connect()
+    for _ in range(h.config.auth.pair_burst + 1):
+        c.error(wire.LoginPassword(id=c.next_id(), user="carol", password="wrong-password"))
+    assert m.logins == {
+        ("password", "ok"): 2,
+        ("password", "failed"): h.config.auth.pair_burst,
+        ("password", "throttled"): 1,
+    }
+    assert m.rate_limited_by_kind == {"send": 2, "login": 1}

@@ -17,6 +17,9 @@ from typing import Any
 
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
@@ -50,6 +53,14 @@ def samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
         for s in family.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
+
+
+class Plain(Protocol):
+    def __init__(self) -> None:
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback(None)
 
 
 def item(to: str, payload: bytes) -> wire.SendItem:
@@ -90,6 +101,11 @@ async def test_scripted_chat_moves_metrics_and_logs_json(
         bob = await connect(reactor, port, ca)
         await bob.register("bob", password=PASSWORD)
         await bob.close()
+        # Not TLS at all: the handshake fails and the relay drops the connection.
+        plain = Plain()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), plain)
+        plain.transport.write(b"GET / HTTP/1.0\r\n\r\n")  # type: ignore[union-attr]
+        await plain.lost.addTimeout(15, reactor)
 
         # Three envelopes queued for bob while offline, then delivered at his login.
         reply = await alice.send(*(item("bob", b"secret-payload-%d" % i) for i in range(3)))
@@ -127,14 +143,14 @@ async def test_scripted_chat_moves_metrics_and_logs_json(
         }
         assert values[("securechat_connections", (("state", "logged_in"),))] == 2
         assert values[("securechat_connections", (("state", "pre_login"),))] == 0
-        assert values[("securechat_connections_opened_total", ())] == 4
+        assert values[("securechat_connections_opened_total", ())] == 5
         assert values[("securechat_deliver_latency_seconds_count", ())] == 5
         assert values[("securechat_group_commit_size_sum", ())] == 5
         assert values[("securechat_group_commit_seconds_count", ())] == (
             values[("securechat_group_commit_size_count", ())]
         )
         assert values[("securechat_store_errors_total", ())] == 0
-        assert values[("securechat_tls_handshake_failures_total", ())] == 0
+        assert values[("securechat_tls_handshake_failures_total", ())] == 1
         assert (await get(reactor, mport, "/nothing"))[0] == 404
     finally:
         for c in clients:

@@ -141,7 +141,8 @@ def item(payload: bytes) -> wire.SendItem:
 async def test_restored_backup_taken_mid_burst_delivers_everything_accepted_before(
     reactor: Any, write_config: ConfigWriter, tmp_path: Path
 ) -> None:
-    config = write_config()
+    # Bob is a stranger to the senders: lift the stranger quota, the burst is the point.
+    config = write_config({"store": {"stranger_limit": 1_000_000, "stranger_bytes": 1 << 30}})
     backup = tmp_path / "mid-burst.sqlite3"
     daemon = await start_daemon(reactor, config)
     ca = load_config(config).tls.ca.read_bytes()
@@ -172,14 +173,21 @@ async def test_restored_backup_taken_mid_burst_delivers_everything_accepted_befo
             i += 1
 
     pumps = [defer.ensureDeferred(pump(c, n)) for n, c in enumerate(senders)]
+    failures: list[Any] = []
+    for d in pumps:
+        d.addErrback(failures.append)
     try:
-        while len(accepted) < 120:  # well into the burst
+        for _ in range(100_000):
+            if len(accepted) >= 120 or failures:  # well into the burst
+                break
             await senders[0].request(wire.Ping(id=0), wire.Pong)
+        assert not failures, failures[0]
         before = set(accepted)  # every one of these got its "accepted" reply already
         code, _out, err = await deferToThread(run_admin, config, "backup", str(backup))
         state["backup_done"] = True
         assert code == 0, err
         await defer.gatherResults(pumps)
+        assert not failures, failures[0]
         assert len(set(accepted)) > len(before)  # the burst went on during the backup
 
         code, _, err = await deferToThread(run_admin, config, "restore", str(backup))

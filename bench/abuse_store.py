@@ -32,9 +32,12 @@ class QueueFlood(Scenario):
     alice (his contact) got ``queue-full``."""
 
     name = "queue-flood"
-    attack_text = "3 stranger accounts send batches of 50 x 4 KiB to offline dave, every 0.05 s"
+    attack_text = "3 stranger accounts send batches of 10 x 4 KiB to offline dave, every 0.05 s"
     victim_text = "alice (dave's contact) sends dave one envelope; it must be queued"
-    config: ClassVar[dict[str, dict[str, Any]]] = {"store": {"queue_limit": 2000}}
+    config: ClassVar[dict[str, dict[str, Any]]] = {
+        "store": {"queue_limit": 2000},
+        "auth": {"registration_address_burst": 20},  # the accounts come from 127.0.0.1
+    }
     victim_runs = 6
 
     async def prepare(self, relay: Running) -> None:
@@ -56,7 +59,7 @@ class QueueFlood(Scenario):
         async def attempt(n: int) -> str:
             mallory = self.strangers[n % len(self.strangers)]
             try:
-                reply = await mallory.send(*(item("dave", payload) for _ in range(50)))
+                reply = await mallory.send(*(item("dave", payload) for _ in range(10)))
             except ServerError as e:
                 return e.code
             codes = {r.code or r.status for r in reply.results}
@@ -72,7 +75,8 @@ class BundleDrain(Scenario):
 
     name = "bundle-drain"
     attack_text = "mallory fetches bob's bundle every 0.3 s (100 fetches at most)"
-    victim_text = "carol fetches bob's bundle; it must carry a one-time prekey"
+    victim_text = "a new peer of bob's fetches his bundle; it must carry a one-time prekey"
+    config: ClassVar[dict[str, dict[str, Any]]] = {"auth": {"registration_address_burst": 20}}
 
     async def prepare(self, relay: Running) -> None:
         bob = await relay.user("bob")
@@ -87,15 +91,15 @@ class BundleDrain(Scenario):
             ),
             wire.PrekeysStored,
         )
-        self.carol = await relay.user("carol")
+        self.peers = [await relay.user(f"carol{i}") for i in range(self.victim_runs)]
         self.mallory = await relay.user("mallory")
 
     async def victim(self, relay: Running) -> None:
-        bundle = await self.carol.request(
+        bundle = await self.peers.pop().request(
             wire.FetchBundle(id=0, user="bob", backend="ecdh"), wire.Bundle
         )
         if bundle.one_time_id is None:
-            raise VictimFailed("no one-time prekey left for carol")
+            raise VictimFailed("no one-time prekey left for a new peer")
 
     async def attack(self, relay: Running, stop: defer.Deferred[None]) -> AttackStats:
         async def attempt(n: int) -> str:

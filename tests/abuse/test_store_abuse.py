@@ -56,7 +56,8 @@ async def test_strangers_cannot_lock_a_contact_out_of_daves_queue(
     """Five stranger accounts try to queue 60 envelopes each for offline dave; each gets
     its allowance, all of them their share; alice, dave's contact, still gets through."""
     store = {"queue_limit": 100, "stranger_limit": 10, "strangers_limit": 40}
-    async with running_daemon(reactor, write_config, {"store": store}) as relay:
+    auth = {"registration_address_burst": 20}  # seven accounts from 127.0.0.1
+    async with running_daemon(reactor, write_config, {"store": store, "auth": auth}) as relay:
         dave, alice = await relay.user("dave"), await relay.user("alice")
         await befriend(relay, alice, "alice", dave, "dave")
         await dave.close()

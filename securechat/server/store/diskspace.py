@@ -51,6 +51,7 @@ class DiskSpace:
         self._statvfs = statvfs
         self._checked = -RECHECK
         self._fs_free = 0
+        self._page_size = 0
 
     def free(self, conn: sqlite3.Connection) -> int:
         """Bytes available: the filesystem's plus the database's free pages."""
@@ -60,8 +61,9 @@ class DiskSpace:
             self._fs_free = st.f_bavail * st.f_frsize
             self._checked = now
         pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        size = conn.execute("PRAGMA page_size").fetchone()[0]
-        return int(self._fs_free + pages * size)
+        if not self._page_size:
+            self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        return int(self._fs_free + pages * self._page_size)
 
     def check(self, conn: sqlite3.Connection) -> StoreError | None:
         """The error new envelopes get now, or None when there is room."""

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from twisted.internet import defer
 
 from bench._abuse import Scenario, VictimFailed
+from bench._common import cpu_seconds
 from securechat import wire
 from tests.abuse.harness import OK, AttackStats, paced
 from tests.e2e.client import ServerError, WireClient
@@ -77,6 +78,7 @@ class BundleDrain(Scenario):
     attack_text = "mallory fetches bob's bundle every 0.3 s (100 fetches at most)"
     victim_text = "a new peer of bob's fetches his bundle; it must carry a one-time prekey"
     config: ClassVar[dict[str, dict[str, Any]]] = {"auth": {"registration_address_burst": 20}}
+    victim_interval = 5.0  # the phase lasts about 30 s, as the attack in the issue
 
     async def prepare(self, relay: Running) -> None:
         bob = await relay.user("bob")
@@ -112,4 +114,53 @@ class BundleDrain(Scenario):
                            max_seconds=30.0, stop=stop)  # fmt: skip
 
 
-SCENARIOS: list[Any] = [QueueFlood(), BundleDrain()]
+class RsaDrain(Scenario):
+    """Issue 10: fetching a victim's RSA bundle 100 times in 30 s made the victim's real
+    client spend 21.5 s of CPU generating RSA-3072 keys. Bob runs the real client here;
+    the attacker's outcomes include bob's client CPU over the phase."""
+
+    name = "rsa-drain"
+    attack_text = "mallory fetches bob's rsa bundle every 0.3 s (100 fetches at most)"
+    victim_text = "a new peer fetches bob's rsa bundle (bob: the real securechat-client)"
+    config: ClassVar[dict[str, dict[str, Any]]] = {
+        "auth": {"registration_address_burst": 20},
+        "crypto": {"backends": ["rsa"], "default_backend": "rsa"},
+    }
+    victim_interval = 5.0
+
+    async def prepare(self, relay: Running) -> None:
+        from tests.e2e.clientproc import client_argv, spawn_client
+
+        home = relay.config_path.parent / "bob-home"
+        password = relay.config_path.parent / "bob-password"
+        password.write_text("bob's long password\n")
+        argv = client_argv(port=relay.port, ca=relay.config.tls.ca, user="bob",
+                           password_file=password, home=home, register=True, backend="rsa")
+        self.bob = spawn_client(relay.reactor, "bob", argv, relay.config_path.parent)
+        await self.bob.logged_in()
+        self.peers = [await relay.user(f"carol{i}") for i in range(self.victim_runs)]
+        self.mallory = await relay.user("mallory")
+        assert self.bob.transport is not None
+        self.bob_cpu = cpu_seconds(self.bob.transport.pid)
+
+    async def victim(self, relay: Running) -> None:
+        await self.peers.pop().request(wire.FetchBundle(id=0, user="bob", backend="rsa"),
+                                       wire.Bundle)  # fmt: skip
+        if not self.peers:  # the phase's last run: bob's CPU over the phase, then stop him
+            assert self.bob.transport is not None
+            used = cpu_seconds(self.bob.transport.pid) - self.bob_cpu
+            print(f"  rsa-drain: bob's client used {used:.1f} s CPU in this phase")
+            self.bob.kill()
+
+    async def attack(self, relay: Running, stop: defer.Deferred[None]) -> AttackStats:
+        async def attempt(n: int) -> str:
+            bundle = await self.mallory.request(
+                wire.FetchBundle(id=0, user="bob", backend="rsa"), wire.Bundle
+            )
+            return "one-time prekey" if bundle.one_time_id is not None else OK
+
+        return await paced(relay.reactor, attempt, interval=0.3, max_count=100,
+                           max_seconds=30.0, stop=stop)  # fmt: skip
+
+
+SCENARIOS: list[Any] = [QueueFlood(), BundleDrain(), RsaDrain()]

@@ -35,7 +35,14 @@ from securechat.client.network import (
 )
 from securechat.client.rooms import RoomBook, RoomController
 from securechat.client.sending import Sender
-from securechat.client.sessions import DEFAULT_BACKEND, SessionManager, TrustError
+from securechat.client.sessions import (
+    DEFAULT_BACKEND,
+    RECEIPT_FAILED,
+    RECEIPT_RECEIVED,
+    NoSession,
+    SessionManager,
+    TrustError,
+)
 from securechat.client.trustmark import trust_state
 from securechat.crypto.errors import CryptoError
 from securechat.crypto.identity import fingerprint
@@ -100,6 +107,9 @@ class ChatClient:
         self.local_history = History(self.keystore.state.extra, history_limit)
         self._lock = DeferredLock()
         self.first_login: Deferred[None] = Deferred()
+        self._done = False
+        #: Message ids already answered with a could-not-decrypt receipt (once each).
+        self._failed_told: set[bytes] = set()
         self._push_handlers: dict[type[wire.Message], Callable[[Any], None]] = {
             wire.Deliver: self._deliver,
             wire.Presence: self._presence,
@@ -222,7 +232,12 @@ class ChatClient:
         self.emit(ev.Warning(f"server closes the connection: {msg.message}", code=msg.code))
 
     def _deliver(self, msg: wire.Deliver) -> None:
+        """Decrypt, store, then acknowledge; receipts we owe go into the outbox in the same
+        save (``received`` per sender for what was stored, ``failed`` for what no session
+        could open), receipts we got update what we sent."""
         shown: list[ev.Event] = []
+        owed: dict[tuple[str, str, str], list[bytes]] = {}
+        answers: list[tuple[str, str, tuple[bytes, ...]]] = []
         for item in msg.items:
             try:
                 received, warnings = self.sessions.decrypt(
@@ -231,10 +246,19 @@ class ChatClient:
             except (CryptoError, ValueError) as e:
                 shown.append(ev.Warning(f"dropped a message from {item.sender}: {e}",
                                         sender=item.sender))  # fmt: skip
+                if isinstance(e, NoSession) and item.mid not in self._failed_told:
+                    self._failed_told.add(item.mid)
+                    owed.setdefault((item.sender, item.backend, RECEIPT_FAILED),
+                                    []).append(item.mid)  # fmt: skip
                 continue
             shown.extend(ev.Warning(w, sender=item.sender) for w in warnings)
             if received is None:
                 continue
+            if received.receipt is not None:
+                answers.append((received.sender, *received.receipt))
+                continue
+            owed.setdefault((item.sender, item.backend, RECEIPT_RECEIVED),
+                            []).append(item.mid)  # fmt: skip
             if received.missing:
                 shown.append(ev.Warning(
                     f"{received.missing} messages from {item.sender} are missing",
@@ -252,9 +276,15 @@ class ChatClient:
                 time=received.timestamp, id=received.message_id.hex(),
                 verified=received.verified,
                 trust=trust_state(self.keystore.state, received.sender)))  # fmt: skip
+        for (peer, backend, status), ids in owed.items():
+            self.sender.owe_receipt(peer, backend, status, ids)
+        for peer, status, answered in answers:
+            self.sender.receipt_from(peer, status, answered)
         self.keystore.save()
         if self.proto is not None and msg.items:
             self.proto.send(wire.Ack(up_to=msg.items[-1].seq))
+        if owed or answers:
+            self.sender.pump()
         if not self.ready:  # logging in: shown after the "logged in" line
             self._held.extend(shown)
             return
@@ -301,7 +331,8 @@ class ChatClient:
         return self.proto
 
     def _maybe_finish(self) -> None:
-        if self.quitting and self.sender.idle and not self._lock.locked:
+        if self.quitting and self.sender.idle and not self._lock.locked and not self._done:
+            self._done = True
             self._stop(0)
 
     # -- IChatController -------------------------------------------------------------

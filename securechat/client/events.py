@@ -176,6 +176,26 @@ class Sent(Event):
 
 
 @dataclass(frozen=True)
+class Receipt(Event):
+    """The peer's client answered for a message: ``received`` (decrypted and stored) or
+    ``failed`` (could not decrypt; ``reason`` says what happens next)."""
+
+    kind: ClassVar[str] = "receipt"
+    to: str = ""
+    id: str = ""
+    status: str = ""
+    peer: str | None = field(default=None, metadata=_json_name("from"))
+    room: str | None = None
+    reason: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self.status == "received":
+            return f"-> {self.to}: received by {self.peer}"
+        return f"-> {self.to}: {self.peer} could not decrypt it ({self.reason})"
+
+
+@dataclass(frozen=True)
 class Presence(Event):
     kind: ClassVar[str] = "presence"
     user: str = ""

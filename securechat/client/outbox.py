@@ -23,6 +23,8 @@ ITEM_OVERHEAD = 128
 #: Format of ``extra["outbox"]``; version 1 was a bare list of dicts (always encrypted).
 VERSION = 2
 MESSAGE_ID_SIZE = 16
+#: Sent messages kept (with their plaintext, encrypted at rest) until the peer's receipt.
+AWAIT_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -49,16 +51,27 @@ class OutboxEntry:
     identity: bytes | None = None
     group: str | None = None
     admitted: bytes | None = None
+    #: For a receipt we owe a peer: its status and the message ids it answers (``text``
+    #: is then ``None``). Receipts are never answered by receipts.
+    receipt: str | None = None
+    ids: tuple[bytes, ...] = ()
+    #: This message was already sent again after a could-not-decrypt receipt.
+    resent: bool = False
 
     @property
     def encrypted(self) -> bool:
         return self.payload is not None
+
+    @property
+    def is_receipt(self) -> bool:
+        return self.receipt is not None
 
     def to_cbor(self) -> dict[str, Any]:
         return {
             "mid": self.mid, "to": self.to, "backend": self.backend, "room": self.room,
             "text": self.text, "payload": self.payload, "identity": self.identity,
             "group": self.group, "admitted": self.admitted,
+            "receipt": self.receipt, "ids": list(self.ids), "resent": self.resent,
         }  # fmt: skip
 
     @classmethod
@@ -67,7 +80,8 @@ class OutboxEntry:
             raise ValueError("outbox entry is not a map")
         payload = raw.get("payload")
         text = raw.get("text")
-        if payload is None and text is None:
+        receipt = raw.get("receipt")
+        if payload is None and text is None and receipt is None:
             raise ValueError("outbox entry has neither text nor envelope")
         identity = raw.get("identity")
         return cls(
@@ -78,6 +92,8 @@ class OutboxEntry:
             identity=None if identity is None else bytes(identity),
             group=None if raw.get("group") is None else str(raw["group"]),
             admitted=None if raw.get("admitted") is None else bytes(raw["admitted"]),
+            receipt=None if receipt is None else str(receipt),
+            ids=tuple(bytes(i) for i in raw.get("ids", ())), resent=bool(raw.get("resent")),
         )  # fmt: skip
 
 
@@ -93,6 +109,7 @@ class Outbox:
         self._extra = extra
         try:
             self._entries: list[OutboxEntry] = _load(extra.get("outbox"))
+            self._awaiting: list[OutboxEntry] = _load_awaiting(extra.get("outbox"))
         except (KeyError, TypeError, ValueError) as e:
             raise KeystoreError(f"the keystore's outbox is malformed ({e})") from None
         self._sync()
@@ -100,6 +117,7 @@ class Outbox:
     def _sync(self) -> None:
         self._extra["outbox"] = {
             "version": VERSION, "entries": [e.to_cbor() for e in self._entries],
+            "awaiting": [e.to_cbor() for e in self._awaiting],
         }  # fmt: skip
 
     def __iter__(self) -> Iterator[OutboxEntry]:
@@ -136,6 +154,26 @@ class Outbox:
         self._entries = [e for e in self._entries if e.mid not in gone]
         self._sync()
 
+    # -- sent, waiting for the peer's receipt ----------------------------------------------
+    def accepted(self, entry: OutboxEntry) -> None:
+        """The server accepted ``entry``: keep its plaintext (in the encrypted keystore) until
+        the peer's receipt, so a could-not-decrypt receipt can be answered by a resend."""
+        if entry.is_receipt or entry.text is None:
+            return
+        self._awaiting = [e for e in self._awaiting if e.mid != entry.mid]
+        self._awaiting.append(replace(entry, payload=None, identity=None))
+        del self._awaiting[: max(0, len(self._awaiting) - AWAIT_LIMIT)]
+        self._sync()
+
+    def answered(self, peer: str, mid: bytes) -> OutboxEntry | None:
+        """Take the message ``mid`` sent to ``peer`` out of the waiting list (a receipt from
+        anyone else about it is ignored: receipts are only believed from the recipient)."""
+        found = next((e for e in self._awaiting if e.mid == mid and e.to == peer), None)
+        if found is not None:
+            self._awaiting.remove(found)
+            self._sync()
+        return found
+
     def reset(self, mid: bytes) -> OutboxEntry | None:
         """Forget the envelope of ``mid`` (it goes again under a new session)."""
         entry = self.get(mid)
@@ -144,6 +182,12 @@ class Outbox:
         entry = replace(entry, payload=None, identity=None)
         self.update(entry)
         return entry
+
+
+def _load_awaiting(raw: Any) -> list[OutboxEntry]:
+    if isinstance(raw, dict):
+        return [OutboxEntry.from_cbor(item) for item in raw.get("awaiting", [])]
+    return []
 
 
 def _load(raw: Any) -> list[OutboxEntry]:

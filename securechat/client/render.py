@@ -74,6 +74,14 @@ def _sent(stamp: str, e: Any) -> str:
     return f"{stamp}{where} {safe(e.text)}"
 
 
+def _receipt(stamp: str, e: Any) -> str:
+    assert isinstance(e, ev.Receipt)
+    head, peer = f"{stamp}{_where(e.room)} -> {safe(e.to)}:", safe(e.peer or "")
+    if e.status == "received":
+        return f"{head} \u2713\u2713 received by {peer}"
+    return f"{head} \u2717 {peer} could not decrypt it: {safe(e.reason or '')}"
+
+
 def _verify(stamp: str, e: Any) -> str:
     assert isinstance(e, ev.Verify)
     flag = "verified" if e.verified else "not verified"
@@ -108,6 +116,7 @@ _TEXT: dict[type[ev.Event], Callable[[str, Any], str]] = {
     ev.History: _history,
     ev.Message: _message,
     ev.Sent: _sent,
+    ev.Receipt: _receipt,
     ev.Verify: _verify,
     ev.Presence: _presence,
 }

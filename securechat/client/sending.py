@@ -15,19 +15,29 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from twisted.internet.defer import DeferredLock, ensureDeferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from securechat import wire
 from securechat.client import events as ev
 from securechat.client.network import ConnectionGone, RemoteError, WireClientProtocol
 from securechat.client.outbox import Outbox, OutboxEntry, new_message_id, plan_batches
-from securechat.client.sessions import SessionManager, TrustError
+from securechat.client.sessions import (
+    MAX_RECEIPT_IDS,
+    RECEIPT_FAILED,
+    RECEIPT_RECEIVED,
+    SessionManager,
+    TrustError,
+    encode_receipt,
+)
 from securechat.crypto.errors import CryptoError
 from securechat.wireroom import RoomEventError
 
 
 class Sender:
     """Owns the outbox and what is in flight on the current connection."""
+
+    log = Logger()
 
     def __init__(
         self,
@@ -133,6 +143,9 @@ class Sender:
     def _hold(self, entry: OutboxEntry, why: str) -> None:
         """A verified peer's key changed: keep the message until ``/verify`` + ``/trust``
         (then it goes under the new session); on quit it is dropped with an error."""
+        if entry.is_receipt:  # a receipt to a peer we may not send to: quietly not sent
+            self.outbox.remove([entry.mid])
+            return
         if self.quitting:
             self._drop(entry, why, "blocked")
             return
@@ -147,6 +160,9 @@ class Sender:
 
     def _drop(self, entry: OutboxEntry, why: str, code: str) -> None:
         self.outbox.remove([entry.mid])
+        if entry.is_receipt:
+            self.log.info("receipt to {peer} not sent: {why}", peer=entry.to, why=why)
+            return
         self._emit(ev.Error(
             f"message to {entry.room or entry.to} not sent: {why}", code=code, status="failed",
             command=f"/msg {entry.room or entry.to}", to=entry.room or entry.to,
@@ -174,7 +190,6 @@ class Sender:
     async def _encrypt(self, entry: OutboxEntry) -> None:
         """Encrypt ``entry`` under the peer's session (started from a fetched bundle if
         there is none); the same message id whatever session it ends up under."""
-        assert entry.text is not None
         peer = entry.to
         self.sessions.check_can_send(peer)
         session = self.sessions.active_session(peer, entry.backend)
@@ -196,7 +211,11 @@ class Sender:
             self._drop(entry, f"the key {entry.room} admitted {peer} with is not {peer}'s "
                        f"current one (/verify {peer})", "not-admitted")  # fmt: skip
             return
-        _, envelope = self.sessions.encrypt(session, entry.text, entry.room, message_id=entry.mid)
+        content = None
+        if entry.receipt is not None:
+            content = encode_receipt(entry.receipt, entry.ids)
+        _, envelope = self.sessions.encrypt(session, entry.text or "", entry.room,
+                                            message_id=entry.mid, content=content)  # fmt: skip
         digest = wire.identity_digest(session.peer_identity)
         self.outbox.update(replace(entry, payload=envelope, identity=digest))
 
@@ -238,10 +257,16 @@ class Sender:
                 continue
             done.add(entry.mid)
             if entry.group is not None and result.status != wire.STATUS_ERROR:
+                self.outbox.accepted(entry)  # kept until the member's receipt
                 room = entry.room or entry.to
                 self._groups.setdefault(entry.group, (room, {}))[1][entry.to] = result.status
                 continue
             to, mid = entry.room or entry.to, entry.mid.hex()
+            if entry.is_receipt:
+                if result.status == wire.STATUS_ERROR:
+                    self.log.info("receipt to {peer} refused: {code}", peer=entry.to,
+                                  code=result.code)  # fmt: skip
+                continue
             if result.status == wire.STATUS_ERROR:
                 self._emit(ev.Error(
                     f"message to {entry.to} refused: {result.code}", code=result.code,
@@ -249,6 +274,7 @@ class Sender:
                     peer=entry.to,
                 ))  # fmt: skip
             else:
+                self.outbox.accepted(entry)  # kept until the peer's receipt
                 self._emit(ev.Sent(to=to, id=mid, status=result.status, peer=entry.to,
                                    room=entry.room))  # fmt: skip
         self.outbox.remove(done)
@@ -291,6 +317,46 @@ class Sender:
             status = statuses.pop() if len(statuses) == 1 else "mixed"
             self._emit(ev.Sent(to=room, id=group, status=status, room=room,
                                recipients=sorted(results), statuses=results))  # fmt: skip
+
+    # -- end-to-end receipts ---------------------------------------------------------------
+    def owe_receipt(self, peer: str, backend: str, status: str, ids: list[bytes]) -> None:
+        """Queue one receipt (batched: every id from one delivery) for ``peer``; the caller
+        saves the keystore before acknowledging the delivery. A could-not-decrypt receipt
+        goes under a new session from the peer's bundle (ours no longer matches theirs),
+        which is also the session their resend will use."""
+        for start in range(0, len(ids), MAX_RECEIPT_IDS):
+            chunk = tuple(ids[start : start + MAX_RECEIPT_IDS])
+            self.outbox.add(OutboxEntry(mid=new_message_id(), to=peer, backend=backend,
+                                        receipt=status, ids=chunk))  # fmt: skip
+        if status == RECEIPT_FAILED:
+            self._stale.add(peer)
+
+    def receipt_from(self, peer: str, status: str, ids: tuple[bytes, ...]) -> None:
+        """``peer``'s client answered for messages we sent it. ``failed``: resend each once,
+        same id, under the current session (the one the peer's receipt started), unless
+        the peer may not be sent to any more; the caller saves and pumps."""
+        for mid in ids:
+            entry = self.outbox.answered(peer, mid)
+            if entry is None:
+                continue  # not ours to, or not to this peer, or answered already
+            to = entry.room or entry.to
+            shown = entry.group or mid.hex()  # a room message is known by its sent id
+            if status == RECEIPT_RECEIVED:
+                self._emit(ev.Receipt(to=to, id=shown, status="received", peer=peer,
+                                      room=entry.room))  # fmt: skip
+                continue
+            why = "resent under a new session"
+            if entry.resent:
+                why = "not resent again: it already failed once after a resend"
+            else:
+                try:
+                    self.sessions.check_can_send(peer)
+                except TrustError as e:
+                    why = f"not resent: {e}"
+                else:
+                    self.outbox.add(replace(entry, resent=True, payload=None, identity=None))
+            self._emit(ev.Receipt(to=to, id=shown, status="failed", peer=peer,
+                                  room=entry.room, reason=why))  # fmt: skip
 
     def _send_failed(self, failure: Failure, batch: list[OutboxEntry]) -> None:
         self._in_flight.difference_update(e.mid for e in batch)

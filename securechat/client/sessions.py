@@ -43,6 +43,11 @@ class TrustError(Exception):
     warning: str | None = None
 
 
+class NoSession(CryptoError):
+    """No session opens this message (the sender's state and ours diverged, e.g. we lost
+    ours): answered by a could-not-decrypt receipt, which starts a new session."""
+
+
 @dataclass(frozen=True)
 class Received:
     """One decrypted message, ready to show."""
@@ -54,6 +59,15 @@ class Received:
     timestamp: float
     verified: bool
     missing: int
+    #: Set for a receipt (then ``text`` is empty): ``(status, message ids)``.
+    receipt: tuple[str, tuple[bytes, ...]] | None = None
+
+
+#: Receipt statuses: the peer decrypted and stored the messages, or could not decrypt them.
+RECEIPT_RECEIVED = "received"
+RECEIPT_FAILED = "failed"
+#: Message ids one receipt may name (receipts are batched per delivery).
+MAX_RECEIPT_IDS = 256
 
 
 def kem_for(backend_id: str) -> IKem:
@@ -72,11 +86,39 @@ def encode_plaintext(text: str) -> bytes:
     return bytes(cbor2.dumps({"k": "text", "text": text}, canonical=True))
 
 
+def encode_receipt(status: str, ids: tuple[bytes, ...]) -> bytes:
+    """A receipt's inner content: only the status and the message ids it answers (never
+    any plaintext), in one small envelope like any message."""
+    return bytes(cbor2.dumps({"k": "receipt", "s": status, "ids": list(ids)}, canonical=True))
+
+
 def decode_plaintext(data: bytes) -> str:
     obj = cbor2.loads(data)
     if not isinstance(obj, dict) or obj.get("k") != "text" or not isinstance(obj.get("text"), str):
         raise CryptoError("unsupported message content")
     return str(obj["text"])
+
+
+def decode_content(data: bytes) -> tuple[str, tuple[str, tuple[bytes, ...]] | None]:
+    """``(text, None)`` for a message, ``("", (status, ids))`` for a receipt.
+
+    :raises CryptoError: anything else, or a receipt that is not well formed.
+    """
+    try:
+        obj = cbor2.loads(data)
+    except (cbor2.CBORDecodeError, ValueError) as e:
+        raise CryptoError("malformed message content") from e
+    if isinstance(obj, dict) and obj.get("k") == "receipt":
+        status, ids = obj.get("s"), obj.get("ids")
+        if (
+            status not in (RECEIPT_RECEIVED, RECEIPT_FAILED)
+            or not isinstance(ids, list)
+            or not 0 < len(ids) <= MAX_RECEIPT_IDS
+            or not all(isinstance(i, bytes) and len(i) == env.MESSAGE_ID_SIZE for i in ids)
+        ):
+            raise CryptoError("malformed receipt")
+        return "", (str(status), tuple(bytes(i) for i in ids))
+    return decode_plaintext(data), None
 
 
 class SessionManager:
@@ -276,7 +318,12 @@ class SessionManager:
         )
 
     def encrypt(
-        self, session: Session, text: str, room: str | None, message_id: bytes | None = None
+        self,
+        session: Session,
+        text: str,
+        room: str | None,
+        message_id: bytes | None = None,
+        content: bytes | None = None,
     ) -> tuple[bytes, bytes]:
         """Encrypt; returns ``(message_id, envelope)``. The caller saves the keystore
         before the envelope leaves, so a message key is never used twice after a crash.
@@ -286,7 +333,9 @@ class SessionManager:
         """
         if message_id is None:
             message_id = os.urandom(env.MESSAGE_ID_SIZE)
-        envelope = session.encrypt(encode_plaintext(text), room=room, message_id=message_id)
+        if content is None:
+            content = encode_plaintext(text)
+        envelope = session.encrypt(content, room=room, message_id=message_id)
         self.save_session(session)
         return message_id, envelope
 
@@ -317,7 +366,7 @@ class SessionManager:
         fresh = session is None
         if session is None:
             if header.handshake is None:
-                raise CryptoError(f"no session with {sender} for this message")
+                raise NoSession(f"no session with {sender} for this message")
             bid, keys = header.backend, self.prekeys
             done = Session.respond(
                 payload, kem=self._kem(bid), identity=self.identity,
@@ -343,7 +392,7 @@ class SessionManager:
             return None, warnings
         assert plaintext is not None
         missing = self._gap(sender, header)
-        text = decode_plaintext(plaintext)
+        text, receipt = decode_content(plaintext)
         pin = self.state.pins.get(sender)
         verified = (
             pin is not None and pin.verified
@@ -351,7 +400,7 @@ class SessionManager:
         )  # fmt: skip
         return (
             Received(sender, text, room, message_id, header.timestamp / 1000.0, verified,
-                     missing),
+                     missing, receipt),
             warnings,
         )  # fmt: skip
 

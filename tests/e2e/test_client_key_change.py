@@ -97,3 +97,37 @@ async def test_key_change_with_live_sessions(relay: tuple[Relay, str]) -> None:
     assert bob.all("warning") == [], bob.all("warning")  # nothing it could not open
     assert carol.all("error") == []
     r.assert_never_saw(m)
+
+
+@pytest_twisted.ensureDeferred
+async def test_receipts_received_and_failed_then_recovered(relay: tuple[Relay, str]) -> None:
+    """``received`` for each backend; a peer that lost its session state answers
+    ``failed``, and the sender's automatic resend (same id) is shown once."""
+    from securechat.client.keystore import Keystore
+
+    r, backend = relay
+    a, b = (f"{n}.{backend}" for n in ("alice4", "bob4"))
+    m = marker(f"receipts-{backend}")
+    alice, bob = await r.online(a, b, register=True, backend=backend)
+    alice.send(f"/msg {b} {m} one")
+    got = await bob.expect("message", **{"from": a})
+    receipt = await alice.expect("receipt", id=got["id"])
+    assert (receipt["status"], receipt["from"]) == ("received", b)
+    bob.send(f"/msg {a} {m} two")
+    await alice.expect("message", **{"from": b})
+    await bob.finish()
+
+    # bob loses his session state (say, an old backup restored), then comes back.
+    store = Keystore.open(r.home(b), f"password of {b}!")
+    store.state.sessions.clear()
+    store.state.extra.pop("archive", None)
+    store.save()
+    bob = await r.client(b, backend=backend).logged_in()
+    alice.send(f"/msg {b} {m} three")
+    failed = await alice.expect("receipt", status="failed")
+    received = await alice.expect("receipt", id=failed["id"], status="received")
+    got = await bob.expect("message", **{"from": a})
+    assert got["text"] == f"{m} three" and got["id"] == received["id"]
+    await finish_all(alice, bob)
+    assert [e["text"] for e in bob.all("message")] == [f"{m} three"]
+    r.assert_never_saw(m)

@@ -33,16 +33,10 @@ from securechat.client.network import (
     WireClientProtocol,
     describe_failure,
 )
+from securechat.client.receipts import DeliveryReceipts
 from securechat.client.rooms import RoomBook, RoomController
 from securechat.client.sending import Sender
-from securechat.client.sessions import (
-    DEFAULT_BACKEND,
-    RECEIPT_FAILED,
-    RECEIPT_RECEIVED,
-    NoSession,
-    SessionManager,
-    TrustError,
-)
+from securechat.client.sessions import DEFAULT_BACKEND, SessionManager, TrustError
 from securechat.client.trustmark import trust_state
 from securechat.crypto.errors import CryptoError
 from securechat.crypto.identity import fingerprint
@@ -236,8 +230,7 @@ class ChatClient:
         save (``received`` per sender for what was stored, ``failed`` for what no session
         could open), receipts we got update what we sent."""
         shown: list[ev.Event] = []
-        owed: dict[tuple[str, str, str], list[bytes]] = {}
-        answers: list[tuple[str, str, tuple[bytes, ...]]] = []
+        receipts = DeliveryReceipts(self._failed_told)
         for item in msg.items:
             try:
                 received, warnings = self.sessions.decrypt(
@@ -246,19 +239,13 @@ class ChatClient:
             except (CryptoError, ValueError) as e:
                 shown.append(ev.Warning(f"dropped a message from {item.sender}: {e}",
                                         sender=item.sender))  # fmt: skip
-                if isinstance(e, NoSession) and item.mid not in self._failed_told:
-                    self._failed_told.add(item.mid)
-                    owed.setdefault((item.sender, item.backend, RECEIPT_FAILED),
-                                    []).append(item.mid)  # fmt: skip
+                receipts.not_decrypted(item, e)
                 continue
             shown.extend(ev.Warning(w, sender=item.sender) for w in warnings)
             if received is None:
                 continue
-            if received.receipt is not None:
-                answers.append((received.sender, *received.receipt))
+            if receipts.decrypted(item, received):
                 continue
-            owed.setdefault((item.sender, item.backend, RECEIPT_RECEIVED),
-                            []).append(item.mid)  # fmt: skip
             if received.missing:
                 shown.append(ev.Warning(
                     f"{received.missing} messages from {item.sender} are missing",
@@ -276,14 +263,11 @@ class ChatClient:
                 time=received.timestamp, id=received.message_id.hex(),
                 verified=received.verified,
                 trust=trust_state(self.keystore.state, received.sender)))  # fmt: skip
-        for (peer, backend, status), ids in owed.items():
-            self.sender.owe_receipt(peer, backend, status, ids)
-        for peer, status, answered in answers:
-            self.sender.receipt_from(peer, status, answered)
+        pump = receipts.settle(self.sender)
         self.keystore.save()
         if self.proto is not None and msg.items:
             self.proto.send(wire.Ack(up_to=msg.items[-1].seq))
-        if owed or answers:
+        if pump:
             self.sender.pump()
         if not self.ready:  # logging in: shown after the "logged in" line
             self._held.extend(shown)

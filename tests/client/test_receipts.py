@@ -96,3 +96,16 @@ def test_a_receipt_from_someone_else_is_ignored(net: Net) -> None:
     assert alice.events("receipt") == []
     bob.connect()
     assert [e["from"] for e in alice.events("receipt")] == ["bob"]
+
+
+def test_a_room_message_gets_one_receipt_per_member_under_its_sent_id(net: Net) -> None:
+    alice, bob, carol = net.peer("alice"), net.peer("bob"), net.peer("carol")
+    alice.type("/join #ops", "/invite bob #ops", "/invite carol #ops")
+    for p in (bob, carol):
+        p.type("/join #ops")
+    alice.type("/msg #ops hello room")
+    [sent] = alice.events("sent")
+    receipts = alice.events("receipt")
+    assert sorted(e["from"] for e in receipts) == ["bob", "carol"]
+    assert {(e["id"], e["to"], e["status"]) for e in receipts} == {(sent["id"], "#ops",
+                                                                    "received")}  # fmt: skip

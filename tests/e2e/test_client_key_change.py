@@ -37,7 +37,7 @@ def relay(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     backend: str = request.param
     r = Relay(
         tmp_path_factory.mktemp(f"relay-rekey-{backend}"),
-        {"auth": {**HASH, "registration_address_burst": 20},  # every user from 127.0.0.1
+        {"auth": HASH,
          "crypto": {"backends": [backend, OTHER[backend]], "default_backend": backend}},
     )  # fmt: skip
     _block(r.start())

@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
         "[auth] methods includes certificate)",
     )
     add.set_defaults(run=cmd_user_add)
+    passwd = user_commands.add_parser(
+        "passwd", help="set a user's password (a reset; the client derives the same secret)"
+    )
+    passwd.add_argument("name")
+    passwd.add_argument("--password-file", type=Path,
+                        help="read the password from the first line of this file "
+                        "(default: prompt on a terminal)")  # fmt: skip
+    passwd.set_defaults(run=cmd_user_passwd)
     user_commands.add_parser("list", help="list users").set_defaults(run=cmd_user_list)
     remove = user_commands.add_parser("remove", help="delete a user and everything queued")
     remove.add_argument("name")
@@ -134,7 +142,6 @@ def _read_password(args: argparse.Namespace) -> str | None:
 def cmd_user_add(cfg: ServerConfig, args: argparse.Namespace, out: TextIO) -> None:
     """Create a user, hashing the password (if any) with the configured scheme."""
     from securechat.server.auth import valid_username
-    from securechat.server.passwords import hash_password
 
     if not valid_username(args.name):
         raise AdminError(f"invalid user name {args.name!r}")
@@ -152,10 +159,35 @@ def cmd_user_add(cfg: ServerConfig, args: argparse.Namespace, out: TextIO) -> No
                 f"{args.config} does not include \"certificate\", so the account could never "
                 f"log in (give --password-file, or enable certificate login)"
             )
-        hashed = hash_password(password, cfg.auth.password_hash) if password else None
+        hashed = _stored_password(cfg, args.name, password) if password else None
         queries.add_user(conn, args.name, role, hashed, None, time.time())
     login = "password set" if hashed else "no password: client-certificate login only"
     print(f"added user {args.name} (role {role}, {login})", file=out)
+
+
+def _stored_password(cfg: ServerConfig, name: str, password: str) -> str:
+    """What the database keeps for ``password``: the server's hash of the login secret the
+    client derives from it (:mod:`securechat.crypto.password_kdf`), never of the password
+    itself, since clients never send it."""
+    from securechat.crypto.password_kdf import login_secret, new_password_problem
+    from securechat.server.passwords import hash_password
+
+    problem = new_password_problem(name, password)
+    if problem is not None:
+        raise AdminError(problem)
+    return hash_password(login_secret(name, password), cfg.auth.password_hash)
+
+
+def cmd_user_passwd(cfg: ServerConfig, args: argparse.Namespace, out: TextIO) -> None:
+    """Set (reset) a user's password; their live sessions go on, new logins need it."""
+    with _database(cfg) as conn:
+        if queries.get_user(conn, args.name) is None:
+            raise NoSuchUser(args.name)
+        password = _read_password(args)
+        if password is None:
+            raise AdminError("give the new password with --password-file (or on a terminal)")
+        queries.set_password_hash(conn, args.name, _stored_password(cfg, args.name, password))
+    print(f"password of {args.name} set", file=out)
 
 
 def cmd_user_list(cfg: ServerConfig, args: argparse.Namespace, out: TextIO) -> None:

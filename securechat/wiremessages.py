@@ -255,6 +255,17 @@ class LoggedIn(Message):
     role: Name
 
 
+@_message("change_password")
+class ChangePassword(Message):
+    """Replace the logged-in account's password with ``new`` (answered by :class:`Ok`);
+    ``old`` must be the current one. Clients send derived login secrets in both fields
+    except once, when a legacy account moves from its password to the derived secret."""
+
+    id: I
+    old: Annotated[str, SECRET]
+    new: Annotated[str, SECRET]
+
+
 # key directory
 @_message("publish_prekeys")
 class PublishPrekeys(Message):

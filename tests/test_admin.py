@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from securechat import admin
+from securechat.crypto.password_kdf import login_secret
 from securechat.server.passwords import verify_password
 from securechat.server.store import queries, schema
 from tests.conftest import ConfigWriter
@@ -92,8 +93,33 @@ def test_user_add_with_password_file(initialised: Run, db_path: Path, tmp_path: 
     assert out == "added user alice (role user, password set)\n"
     role, stored = users_in(db_path)["alice"]
     assert role == "user" and stored is not None and stored.startswith("$scrypt$")
-    assert verify_password(stored, "correct horse battery")
+    # The hash of the login secret the client derives (and sends), never of the password:
+    # what the relay receives and keeps cannot open a keystore.
+    assert verify_password(stored, login_secret("alice", "correct horse battery"))
+    assert not verify_password(stored, "correct horse battery")
     assert "correct horse" not in out
+
+
+def test_user_passwd_sets_a_new_derived_password(
+    initialised: Run, db_path: Path, tmp_path: Path
+) -> None:
+    """``user passwd`` resets a password (accounts made before derived logins, forgotten
+    passwords); unknown users and too-short passwords are refused with one line."""
+    pw = tmp_path / "pw"
+    pw.write_text("first password\n")
+    initialised("user", "add", "alice", "--password-file", str(pw))
+    pw.write_text("second password\n")
+    status, out, err = initialised("user", "passwd", "alice", "--password-file", str(pw))
+    assert (status, out, err) == (0, "password of alice set\n", "")
+    stored = users_in(db_path)["alice"][1]
+    assert stored is not None and verify_password(stored, login_secret("alice", "second password"))
+    status, _, err = initialised("user", "passwd", "nobody", "--password-file", str(pw))
+    assert status == 1 and "nobody" in err
+    pw.write_text("short\n")
+    status, _, err = initialised("user", "passwd", "alice", "--password-file", str(pw))
+    assert (status, err) == (
+        1, "securechat-admin: error: the password must have at least 8 characters\n"
+    )  # fmt: skip
 
 
 def test_user_add_admin_without_password(initialised: Run, db_path: Path) -> None:
@@ -130,7 +156,7 @@ def test_user_add_prompts_on_a_terminal(
     monkeypatch.setattr("getpass.getpass", lambda prompt: next(answers))
     assert initialised("user", "add", "bob")[0] == 0
     stored = users_in(db_path)["bob"][1]
-    assert stored is not None and verify_password(stored, "s3cret pass")
+    assert stored is not None and verify_password(stored, login_secret("bob", "s3cret pass"))
     status, _, err = initialised("user", "add", "carol")
     assert (status, err) == (1, "securechat-admin: error: the passwords do not match\n")
     assert "carol" not in users_in(db_path)

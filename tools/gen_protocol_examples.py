@@ -62,7 +62,7 @@ def examples() -> list[wire.Message]:
         wire.Registered(id=6, user="alice"),
         wire.PowRequired(id=7, challenge=b"\x23" * 32, bits=18),
         wire.LoginPassword(
-            id=7, user="alice", password="correct horse",  # noqa: S106
+            id=7, user="alice", password="sclogin1:ZGVyaXZlZA",  # noqa: S106
             pow_challenge=b"\x23" * 32, pow_solution=b"\0\0\0\0\0\x01\x2c\x5e",
         ),
         wire.LoginChallenge(id=8),
@@ -70,6 +70,7 @@ def examples() -> list[wire.Message]:
         wire.LoginPublicKey(id=9, user="alice", nonce=b"\x33" * 32, signature=b"\x44" * 64),
         wire.LoginCertificate(id=10),
         wire.LoggedIn(id=10, user="alice", role="user"),
+        wire.ChangePassword(id=11, old="sclogin1:old", new="sclogin1:new"),
         wire.PublishPrekeys(
             id=11, backend="ecdh", signed_prekey=b"\x55" * 40,
             one_time=(wire.OneTimePrekey(1, b"\x66" * 32), wire.OneTimePrekey(2, b"\x67" * 32)),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from securechat import wire
 from securechat.client import events as ev
+from securechat.client.keystore import DERIVED_LOGIN
 from securechat.client.network import (
     LoginFailed,
     RemoteError,
@@ -20,6 +21,7 @@ from securechat.client.network import (
     login_password,
 )
 from securechat.client.sessions import SessionManager
+from securechat.crypto.password_kdf import login_secret, new_password_problem
 
 AGENT = "securechat-client/0.1"
 
@@ -49,6 +51,16 @@ class Account:
         self.password = password
         self.register = register
         self._emit = emit
+        self._secret: str | None = None
+
+    def login_secret(self) -> str:
+        """What this client sends as its password (derived once, then kept in memory):
+        never the password itself, which may open the keystore
+        (:mod:`securechat.crypto.password_kdf`)."""
+        assert self.password is not None
+        if self._secret is None:
+            self._secret = login_secret(self.user, self.password)
+        return self._secret
 
     async def set_up(self, proto: WireClientProtocol, backend: str | None) -> LoggedIn:
         """Hello, register if asked (once), log in, and publish prekeys for every backend.
@@ -73,6 +85,10 @@ class Account:
         return LoggedIn(welcome, role)
 
     async def _register(self, proto: WireClientProtocol, welcome: wire.Welcome) -> None:
+        if self.password is not None:
+            problem = new_password_problem(self.user, self.password)
+            if problem is not None:  # the server only sees the derived secret
+                raise LoginFailed(f"cannot register {self.user}: {problem}")
         # Always asked for: the difficulty rises during a registration burst, so the
         # welcome's figure may be stale; the challenge's own ``bits`` is what counts.
         reply = await proto.request(wire.PowChallenge)
@@ -81,7 +97,8 @@ class Account:
         solution = wire.pow_solve(challenge, self.user, reply.bits)
         try:
             await proto.request(
-                wire.Register, user=self.user, password=self.password,
+                wire.Register, user=self.user,
+                password=None if self.password is None else self.login_secret(),
                 identity_key=self.sessions.identity.public_bytes(),
                 pow_challenge=challenge, pow_solution=solution,
             )  # fmt: skip
@@ -95,7 +112,7 @@ class Account:
     async def _login(self, proto: WireClientProtocol, welcome: wire.Welcome) -> str:
         methods = welcome.auth_methods
         if self.password is not None and "password" in methods:
-            reply = await login_password(proto, self.user, self.password)
+            reply = await self._password_login(proto)
         elif "publickey" in methods:
             nonce = await proto.request(wire.LoginChallenge)
             assert isinstance(nonce, wire.LoginNonce)
@@ -110,6 +127,29 @@ class Account:
             raise LoginFailed("the server offers no login method this client can use")
         assert isinstance(reply, wire.LoggedIn)
         return reply.role
+
+    async def _password_login(self, proto: WireClientProtocol) -> wire.Message:
+        """Log in with the derived secret; a keystore from before derived logins may, once,
+        log in with the password itself and then turn the server's verifier into the
+        derived one (an authenticated ``change_password``), after which it never sends the
+        password again. Keystores made by this version never do, whatever the relay says,
+        so a relay that fakes a refusal learns nothing."""
+        secret = self.login_secret()
+        state = self.keystore.state
+        try:
+            reply = await login_password(proto, self.user, secret)
+        except RemoteError as e:
+            if e.code != wire.E_AUTH_FAILED or state.extra.get(DERIVED_LOGIN):
+                raise
+            assert self.password is not None
+            reply = await login_password(proto, self.user, self.password)
+            await proto.request(wire.ChangePassword, old=self.password, new=secret)
+            self._emit(ev.Info("this account now logs in with a secret derived from the "
+                               "password; the password itself is no longer sent"))  # fmt: skip
+        if not state.extra.get(DERIVED_LOGIN):
+            state.extra[DERIVED_LOGIN] = True
+            self.keystore.save()
+        return reply
 
     async def publish(self, proto: WireClientProtocol, backend: str, have: int | None) -> None:
         """Upload a signed prekey (and the identity key) when needed, then top up one-time

@@ -19,11 +19,16 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
+from securechat.crypto.password_kdf import KEYSTORE_LABEL
 from securechat.errors import SecureChatError
 
 MAGIC = b"SCKS1\n"
 FILE_NAME = "keystore.bin"
 MAX_FILE_BYTES = 64 << 20
+#: Set in ``extra`` of keystores whose account logs in with the derived login secret
+#: (every keystore this version makes, and older ones once migrated): the raw password is
+#: then never sent, whatever the relay answers.
+DERIVED_LOGIN = "derived_login"
 
 
 class KeystoreError(SecureChatError):
@@ -55,15 +60,38 @@ class KdfParams:
 TEST_KDF = KdfParams(memory_kib=8192, iterations=1, lanes=1)
 
 
-def derive_key(passphrase: str, salt: bytes, params: KdfParams) -> bytes:
-    """Argon2id(passphrase, salt) -> 32-byte key-encryption key."""
+def derive_key(passphrase: str, salt: bytes, params: KdfParams, labelled: bool = True) -> bytes:
+    """Argon2id(passphrase, salt, ad = KEYSTORE_LABEL) -> 32-byte key-encryption key.
+
+    :param labelled: False only to open keystores written before the label existed.
+    :raises KeystoreError: the passphrase is empty.
+    """
+    if not passphrase:
+        raise KeystoreError("an empty passphrase is not allowed")
     return Argon2id(
         salt=salt,
         length=32,
         iterations=params.iterations,
         lanes=params.lanes,
         memory_cost=params.memory_kib,
+        ad=KEYSTORE_LABEL if labelled else None,
     ).derive(passphrase.encode("utf-8"))
+
+
+def _header(salt: bytes, params: KdfParams) -> bytes:
+    return bytes(
+        cbor2.dumps(
+            {
+                "kdf": "argon2id",
+                "label": KEYSTORE_LABEL,
+                "salt": salt,
+                "m": params.memory_kib,
+                "t": params.iterations,
+                "p": params.lanes,
+            },
+            canonical=True,
+        )
+    )
 
 
 @dataclass
@@ -174,24 +202,9 @@ class Keystore:
             raise KeystoreError(f"a keystore already exists at {path}")
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         salt = os.urandom(16)
-        header = bytes(
-            cbor2.dumps(
-                {
-                    "kdf": "argon2id",
-                    "salt": salt,
-                    "m": params.memory_kib,
-                    "t": params.iterations,
-                    "p": params.lanes,
-                },
-                canonical=True,
-            )
-        )
-        store = cls(
-            path,
-            KeystoreState(user, identity_private),
-            derive_key(passphrase, salt, params),
-            header,
-        )
+        key = derive_key(passphrase, salt, params)
+        state = KeystoreState(user, identity_private, extra={DERIVED_LOGIN: True})
+        store = cls(path, state, key, _header(salt, params))
         store.save()
         return store
 
@@ -218,19 +231,30 @@ class Keystore:
             meta = cbor2.loads(header)
             params = KdfParams(int(meta["m"]), int(meta["t"]), int(meta["p"]))
             salt = bytes(meta["salt"])
+            labelled = "label" in meta
             if meta["kdf"] != "argon2id" or len(salt) < 16:
                 raise ValueError("kdf")
+            if labelled and meta["label"] != KEYSTORE_LABEL:
+                raise ValueError("label")
         except (KeyError, TypeError, ValueError, cbor2.CBORDecodeError):
             raise KeystoreError(f"{path} has a malformed header") from None
         params.check()
-        key = derive_key(passphrase, salt, params)
+        key = derive_key(passphrase, salt, params, labelled)
         try:
             plain = AESGCM(key).decrypt(rest[:12], rest[12:], MAGIC + header)
         except InvalidTag:
             raise WrongPassphrase(
                 f"wrong passphrase for the keystore {path} (or the file was altered)"
             ) from None
-        return cls(path, KeystoreState.from_cbor(plain), key, header)
+        store = cls(path, KeystoreState.from_cbor(plain), key, header)
+        if not labelled:
+            # Written before keystore keys had their own label: sealed again, under a
+            # fresh salt, with the labelled derivation (same passphrase, same parameters).
+            new_salt = os.urandom(16)
+            store._key = derive_key(passphrase, new_salt, params)
+            store._header = _header(new_salt, params)
+            store.save()
+        return store
 
     # -- writing --------------------------------------------------------------
     def save(self) -> None:

@@ -35,6 +35,7 @@ from securechat.client.sessions import SessionManager
 from securechat.client.terminal import TerminalConsole, raw_terminal, wants_terminal
 from securechat.crypto.backends import backend_names
 from securechat.crypto.identity import IdentityKeyPair
+from securechat.crypto.password_kdf import login_secret
 from securechat.tls import client_tls_options
 
 PROG = "securechat-client"
@@ -141,6 +142,8 @@ def resolve(argv: list[str]) -> Settings:
         password = _read_first_line(get("password_file"), "password")
     elif sys.stdin.isatty():
         password = getpass.getpass(f"password for {user}: ")
+        if not password:
+            raise UsageProblem("an empty password is not allowed")
     from_password = not get("passphrase_file")
     if not from_password:
         passphrase = _read_first_line(get("passphrase_file"), "passphrase")
@@ -192,7 +195,7 @@ async def open_keystore(s: Settings, loc: Location, endpoint: Any) -> Keystore:
         if not s.passphrase_is_password or s.password is None:
             raise
         try:
-            verdict = await password_verdict(endpoint, s.user, s.password)
+            verdict = await password_verdict(endpoint, s.user, login_secret(s.user, s.password))
         except Exception:  # the server cannot tell: the keystore's own answer stands
             raise WrongPassphrase(
                 f"the password does not open the keystore {Keystore.file_for(loc.home)} "

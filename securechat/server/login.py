@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from securechat import wire
 from securechat.server.auth import Account, ProofOfWorkRequired, register_user, valid_username
 from securechat.server.autherrors import AuthError, BadCredentials, Throttled
+from securechat.server.registration import set_password
 from securechat.server.relay import RelayError
 
 if TYPE_CHECKING:
@@ -191,6 +192,22 @@ async def _login(
     relay.start(session)
 
 
+async def change_password(conn: RelayProtocol, msg: wire.ChangePassword) -> wire.Message:
+    """Replace the logged-in account's password. The old one is checked as a login is
+    (throttled per account and address, same failure delay), so a session left open cannot
+    be used to lock its owner out; clients use it to move from the password to a derived
+    login secret. Here rather than with the logged-in handlers: it needs the address."""
+    session = conn.session
+    if session is None:
+        raise RelayError(wire.E_NOT_AUTHENTICATED, "log in first")
+    f = conn.server
+    await f.auth.login_password(session.user, msg.old, conn.address)
+    await set_password(f.store, f.config, session.user, msg.new, f.run_in_thread,
+                       params=f.hash_params)  # fmt: skip
+    log.info("{user} changed their password (conn {conn})", user=session.user, conn=conn.cid)
+    return wire.Ok(id=msg.id)
+
+
 _Handler = Callable[["RelayProtocol", Any], Coroutine[Any, Any, wire.Message | None]]
 #: ``type`` -> handler for the requests allowed before login.
 PRE_LOGIN_HANDLERS: dict[str, _Handler] = {
@@ -202,4 +219,5 @@ PRE_LOGIN_HANDLERS: dict[str, _Handler] = {
     "login_challenge": login_challenge,
     "login_publickey": login_publickey,
     "login_certificate": login_certificate,
+    "change_password": change_password,
 }

@@ -149,3 +149,25 @@ def register_user(
     return Deferred.fromCoroutine(
         _register(store, cfg, name, password, identity_key, run_in_thread, params)
     )
+
+
+async def set_password(
+    store: IStore,
+    cfg: ServerConfig,
+    name: str,
+    password: str,
+    run_in_thread: ThreadRunner = deferToThread,
+    *,
+    params: HashParams = DEFAULT_PARAMS,
+) -> None:
+    """Hash ``password`` (the registration rules apply) and make it ``name``'s password.
+
+    :raises WeakPassword: too short, too long, or the user name.
+    """
+    if (
+        not MIN_PASSWORD_CHARS <= len(password) <= MAX_PASSWORD_CHARS
+        or password.casefold() == name.casefold()
+    ):
+        raise WeakPassword()
+    stored = await run_in_thread(hash_password, password, cfg.auth.password_hash, params)
+    await store.set_password_hash(name, stored)

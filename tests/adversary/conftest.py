@@ -31,8 +31,10 @@ def arena(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arena]:
 
 @pytest.fixture
 def relay(arena: Arena) -> Iterator[Any]:
-    """The arena's relay, with every rule a test added removed again afterwards."""
+    """The arena's relay, its record emptied, and every rule a test adds removed again
+    afterwards."""
     assert arena.relay is not None
+    arena.relay.frames.clear()
     yield arena.relay
     arena.relay.client_rules.clear()
     arena.relay.server_rules.clear()

@@ -27,6 +27,7 @@ from securechat.client.network import LoginFailed, WireClientFactory, WireClient
 from securechat.client.outbox import Outbox, OutboxEntry, plan_batches
 from securechat.client.sessions import SessionManager
 from securechat.crypto.identity import IdentityKeyPair
+from tests.client.conftest import cheap_login_secret
 from tests.server.harness import Harness, make_config
 
 PASS = "keystore passphrase"
@@ -550,7 +551,9 @@ def test_send_is_retried_after_the_store_was_unavailable(net: Net) -> None:
 def test_register_takes_over_an_account_the_admin_created(net: Net) -> None:
     """``securechat-admin user add carol`` then ``securechat-client --register``: the client
     logs in with the password, publishes its identity key, and can be messaged."""
-    net.harness.add_user("carol")  # password set by the admin, no identity key yet
+    # Password set by securechat-admin (which stores the hash of the derived login secret,
+    # as the client sends it), no identity key yet.
+    net.harness.add_user("carol", password=cheap_login_secret("carol", Harness.password("carol")))
     carol, bob = net.peer("carol"), net.peer("bob")
     assert carol.client.logged_in_once
     assert [e for e in carol.events("info") if "exists" in e["text"]]

@@ -6,16 +6,21 @@ import os
 import stat
 from pathlib import Path
 
+import cbor2
 import pytest
 
 from securechat.client.keystore import (
+    DERIVED_LOGIN,
     MAGIC,
     TEST_KDF,
     KdfParams,
     Keystore,
     KeystoreError,
+    KeystoreState,
     Pin,
 )
+from securechat.crypto.password_kdf import KEYSTORE_LABEL
+from tests.legacy_keystore import write_legacy_keystore
 
 SECRET = b"\x42" * 32
 
@@ -94,3 +99,42 @@ def test_seen_ids_are_bounded(tmp_path: Path) -> None:
     for i in range(Keystore.SEEN_LIMIT + 10):
         assert ks.remember("bob", i.to_bytes(4, "big"))
     assert len(ks.state.seen["bob"]) == Keystore.SEEN_LIMIT
+
+
+def _header_of(path: Path) -> dict[str, object]:
+    blob = path.read_bytes()[len(MAGIC) :]
+    header: dict[str, object] = cbor2.loads(blob[4 : 4 + int.from_bytes(blob[:4], "big")])
+    return header
+
+
+def test_new_keystores_use_the_keystore_label_and_derived_logins(tmp_path: Path) -> None:
+    """The key is Argon2id with the keystore's own label, and the keystore is marked to log
+    in with the derived secret only (it never sends the raw password)."""
+    ks = make(tmp_path)
+    assert _header_of(ks.path)["label"] == KEYSTORE_LABEL
+    assert ks.state.extra[DERIVED_LOGIN] is True
+
+
+def test_legacy_keystore_opens_and_is_sealed_again_with_the_label(tmp_path: Path) -> None:
+    """Keystores from before the label open with the same passphrase and are re-sealed
+    (fresh salt, labelled key) at once; they keep their (absent) derived-login flag, so the
+    client still knows to move the account over."""
+    home = tmp_path / "home"
+    state = KeystoreState("alice", SECRET, counters={"prekey_id": 9})
+    path = write_legacy_keystore(home, "correct horse", state, TEST_KDF)
+    old_salt = _header_of(path)["salt"]
+    ks = Keystore.open(home, "correct horse")
+    assert ks.state.counters == {"prekey_id": 9} and DERIVED_LOGIN not in ks.state.extra
+    header = _header_of(path)
+    assert header["label"] == KEYSTORE_LABEL and header["salt"] != old_salt
+    assert Keystore.open(home, "correct horse").state.identity_private == SECRET
+    with pytest.raises(KeystoreError, match="wrong passphrase"):
+        Keystore.open(home, "wrong")
+
+
+def test_empty_passphrase_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(KeystoreError, match="empty passphrase"):
+        Keystore.create(tmp_path / "home", "", "alice", SECRET, TEST_KDF)
+    make(tmp_path)
+    with pytest.raises(KeystoreError, match="empty passphrase"):
+        Keystore.open(tmp_path / "home", "")

@@ -165,8 +165,14 @@ class Harness:
     def password(user: str) -> str:
         return f"pw-of-{user}-long"
 
-    def add_user(self, name: str, role: str = "user", identity_key: bytes | None = None) -> None:
-        stored = hash_password(self.password(name), self.config.auth.password_hash, CHEAP)
+    def add_user(
+        self, name: str, role: str = "user", identity_key: bytes | None = None,
+        password: str | None = None,
+    ) -> None:  # fmt: skip
+        """Create ``name`` with ``password`` (default :meth:`password`) as what the server
+        receives at login (for the real client that is its derived login secret)."""
+        stored = hash_password(password or self.password(name), self.config.auth.password_hash,
+                               CHEAP)  # fmt: skip
         self.store.add_user(name, role, stored, identity_key)
 
     def connect(self, cn: str | None = None) -> Client:

@@ -147,6 +147,27 @@ def test_password_login_failure_and_throttle() -> None:
     assert h.connect().login("alice").user == "alice"
 
 
+def test_change_password_needs_a_login_and_the_old_password() -> None:
+    """The old password is checked as a login is; the new one must pass the registration
+    rules; afterwards only the new one logs in."""
+    h = Harness()
+    c = h.connect()
+    refused = c.error(wire.ChangePassword(id=1, old="x", new="new-secret-1"))
+    assert refused.code == wire.E_NOT_AUTHENTICATED
+    a = h.online("alice")
+    old = h.password("alice")
+    wrong = a.error(wire.ChangePassword(id=a.next_id(), old="wrong-password", new="new-secret-1"))
+    assert wrong.code == wire.E_AUTH_FAILED
+    weak = a.error(wire.ChangePassword(id=a.next_id(), old=old, new="short"))
+    assert weak.code == "weak-password"
+    a.reply(wire.ChangePassword(id=a.next_id(), old=old, new="new-secret-1"), wire.Ok)
+    b = h.connect()
+    assert b.error(wire.LoginPassword(id=1, user="alice", password=old)).code == (
+        wire.E_AUTH_FAILED
+    )
+    assert h.connect().login("alice", "new-secret-1").user == "alice"
+
+
 def test_second_login_on_same_connection_is_refused() -> None:
     """A logged-in connection cannot log in again."""
     h = Harness()

@@ -127,6 +127,10 @@ def test_users(store: Any, clock: Clock) -> Any:
     yield store.set_identity_key("dave", b"new-ik")
     assert (yield store.get_user("dave")).identity_key == b"new-ik"
     assert isinstance((yield failure_of(store.set_identity_key("zed", b"k"))), NoSuchUser)
+    yield store.set_password_hash("dave", "$argon2id$new")
+    dave = yield store.get_user("dave")
+    assert (dave.password_hash, dave.identity_key) == ("$argon2id$new", b"new-ik")
+    assert isinstance((yield failure_of(store.set_password_hash("zed", "h"))), NoSuchUser)
 
 
 @pytest_twisted.inlineCallbacks

@@ -123,6 +123,9 @@ class IStore(Interface):
     def set_identity_key(name: str, identity_key: bytes) -> Deferred[None]:
         """Record the user's public identity key (publickey login, key directory)."""
 
+    def set_password_hash(name: str, password_hash: str) -> Deferred[None]:
+        """Replace the user's password hash (a password change); errback ``NoSuchUser``."""
+
     # -- prekeys ---------------------------------------------------------------
     def publish_prekeys(
         user: str,

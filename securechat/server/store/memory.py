@@ -172,6 +172,16 @@ class MemoryStore:
             user.name, user.role, user.password_hash, identity_key, user.created
         )
 
+    def set_password_hash(self, name: str, password_hash: str) -> Deferred[None]:
+        """IStore API."""
+        return self._call(self._set_password_hash, name, password_hash)
+
+    def _set_password_hash(self, name: str, password_hash: str) -> None:
+        user = self._need_user(name)
+        self._users[name] = UserRecord(
+            user.name, user.role, password_hash, user.identity_key, user.created
+        )
+
     # -- prekeys ---------------------------------------------------------------
     def publish_prekeys(
         self,

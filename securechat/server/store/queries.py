@@ -127,6 +127,16 @@ def set_identity_key(conn: sqlite3.Connection, name: str, identity_key: bytes) -
             raise NoSuchUser(name)
 
 
+def set_password_hash(conn: sqlite3.Connection, name: str, password_hash: str) -> None:
+    """Replace a user's password hash. :raises NoSuchUser:"""
+    with write_transaction(conn):
+        cur = conn.execute(
+            "UPDATE users SET password_hash = ? WHERE name = ?", (password_hash, name)
+        )
+        if cur.rowcount == 0:
+            raise NoSuchUser(name)
+
+
 # -- prekeys -------------------------------------------------------------------
 def publish_prekeys(
     conn: sqlite3.Connection,

@@ -75,6 +75,10 @@ class SocialQueries:
         """IStore API."""
         return self.run(queries.set_identity_key, name, identity_key)
 
+    def set_password_hash(self, name: str, password_hash: str) -> Deferred[None]:
+        """IStore API."""
+        return self.run(queries.set_password_hash, name, password_hash)
+
     # -- prekeys ---------------------------------------------------------------
     def publish_prekeys(
         self,

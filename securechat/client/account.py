@@ -53,6 +53,12 @@ class Account:
         self._emit = emit
         self._secret: str | None = None
 
+    @staticmethod
+    def secret_for(user: str, password: str) -> str:
+        """The login secret of another account (an admin's ``/user add`` sends that, so the
+        relay does not see the one-time password either)."""
+        return login_secret(user, password)
+
     def login_secret(self) -> str:
         """What this client sends as its password (derived once, then kept in memory):
         never the password itself, which may open the keystore

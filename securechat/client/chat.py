@@ -455,7 +455,7 @@ class ChatClient:
                 f"(give it to {user} over a safe channel)")  # fmt: skip
         info = ev.Info(text, user=user, password=password)
         self._ask(wire.AdminAddUser, lambda _: self.emit(info), f"/user add {user}", user=user,
-                  role=role, password=password)  # fmt: skip
+                  role=role, password=self.account.secret_for(user, password))  # fmt: skip
 
     def admin_remove_user(self, user: str) -> None:
         self._ask(wire.AdminRemoveUser, lambda _: self.emit(ev.Info(f"removed {user}", user=user)),

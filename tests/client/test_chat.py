@@ -597,7 +597,8 @@ def test_admins_add_and_remove_users_from_the_client(net: Net) -> None:
     """``/user add NAME [admin]`` makes an account with a one-time password shown only to
     the admin (the new user logs in with it); ``/user remove`` deletes it and closes its
     session; plain users are refused and nothing changes."""
-    net.harness.add_user("root", role="admin")
+    net.harness.add_user("root", role="admin",
+                         password=cheap_login_secret("root", Harness.password("root")))  # fmt: skip
     root = net.peer("root")
     root.new_events()
     root.type("/user add dave", "/user add erin admin")

@@ -265,3 +265,33 @@ def test_history_in_human_text() -> None:
     first, second = out[0].decode().splitlines()
     assert first.endswith("history with bob (last 1 of 7):")
     assert second.endswith("<bob> hi\ufffd[2J")
+
+
+def test_room_commands_reach_the_controller() -> None:
+    proto, rec, t = console(json_mode=True)
+    feed(proto, "/join #ops open", "/invite bob #ops", "/remove bob #ops", "/promote carol #ops",
+         "/demote carol #ops", "/members #ops", "/invite bob ops", "/members ops")  # fmt: skip
+    assert rec.calls == [
+        ("join", "#ops", True),
+        ("invite", "bob", "#ops"),
+        ("remove", "bob", "#ops"),
+        ("promote", "carol", "#ops", True),
+        ("promote", "carol", "#ops", False),
+        ("members", "#ops"),
+    ]
+    errors = [json.loads(line) for line in t.value().splitlines()]
+    assert [(e["type"], e["code"]) for e in errors] == [("error", "bad-argument")] * 2
+
+
+def test_room_sends_show_their_recipients() -> None:
+    """One line per room message, naming whom it was encrypted to (text and JSON)."""
+    from securechat.client.render import render_json, render_text
+
+    sent = ev.Sent(to="#ops", id="ab", status="delivered", room="#ops",
+                   recipients=["alice", "dave"], statuses={"alice": "delivered",
+                                                           "dave": "delivered"})  # fmt: skip
+    assert render_text(sent, 0.0).endswith(" -> #ops (alice, dave): delivered")
+    assert json.loads(render_json(sent, 0.0))["recipients"] == ["alice", "dave"]
+    mixed = ev.Sent(to="#ops", id="ab", status="mixed", room="#ops", recipients=["a", "d"],
+                    statuses={"a": "delivered", "d": "queued"})  # fmt: skip
+    assert render_text(mixed, 0.0).endswith(" -> #ops (a: delivered, d: queued)")

@@ -27,9 +27,6 @@ from securechat.wirecodec import (
     NONCE,
     ONE_TIME,
     RESULTS,
-    ROOM_EVENT,
-    ROOM_EVENTS,
-    ROOM_INFOS,
     SECRET,
     SEND_ITEMS,
     TEXT,
@@ -37,7 +34,6 @@ from securechat.wirecodec import (
     Contact,
     DeliverItem,
     OneTimePrekey,
-    RoomInfo,
     SendItem,
     SendResult,
     UserInfo,
@@ -429,60 +425,6 @@ class Contacts(Message):
 
 
 # rooms
-@_message("room_post")
-class RoomPost(Message):
-    """Post a signed room event (create, invite, join, leave, remove, promote, demote);
-    answered by :class:`Ok` once it is durable and forwarded, or by ``conflict`` when it
-    does not follow the room's latest event."""
-
-    id: I
-    room: Name
-    event: Annotated[bytes, ROOM_EVENT]
-
-
-@_message("room_sync")
-class RoomSync(Message):
-    """Ask for ``room``'s events after sequence number ``after`` (members, invitees, and
-    anyone for an open room); answered by :class:`RoomEvents`."""
-
-    id: I
-    room: Name
-    after: Annotated[int, COUNT]
-
-
-@_message("room_events")
-class RoomEvents(Message):
-    """Signed events in order, at most ``MAX_ROOM_EVENTS``; fewer means there are no
-    more (an empty list for a room that does not exist)."""
-
-    id: I
-    room: Name
-    events: Annotated[tuple[bytes, ...], ROOM_EVENTS]
-
-
-@_message("room_event")
-class RoomEventPush(Message):
-    """Push: a new event of a room you are in or invited to (or removed from)."""
-
-    room: Name
-    event: Annotated[bytes, ROOM_EVENT]
-
-
-@_message("room_list")
-class RoomList(Message):
-    """Ask which rooms you are in or invited to; answered by :class:`Rooms`."""
-
-    id: I
-
-
-@_message("rooms")
-class Rooms(Message):
-    """Reply to :class:`RoomList`."""
-
-    id: I
-    rooms: Annotated[tuple[RoomInfo, ...], ROOM_INFOS]
-
-
 @_message("room_members")
 class RoomMembers(Message):
     """Ask for the members of a room you are in."""

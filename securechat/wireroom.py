@@ -19,16 +19,46 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import cbor2
 
-from securechat.wirecodec import MAX_NAME, MAX_ROOM_EVENT_BYTES
+from securechat.wirecodec import (
+    COUNT,
+    MAX_NAME,
+    MAX_ROOM_EVENT_BYTES,
+    NAME,
+    ROOM_EVENT,
+    ROOM_EVENTS,
+    ROOM_INFOS,
+    RoomInfo,
+)
+from securechat.wiremessages import I, Message, _message
 
 __all__ = [
-    "ACTIONS", "CREATE", "DEMOTE", "GENESIS", "INVITE", "JOIN", "LEAVE", "MAX_ROOM_EVENT",
-    "PROMOTE", "REMOVE", "ROOM_EVENT_VERSION", "RoomEvent", "RoomEventError", "Roster",
-    "SignedRoomEvent", "decode_room_event", "event_hash",
+    "ACTIONS",
+    "CREATE",
+    "DEMOTE",
+    "GENESIS",
+    "INVITE",
+    "JOIN",
+    "LEAVE",
+    "MAX_ROOM_EVENT",
+    "PROMOTE",
+    "REMOVE",
+    "ROOM_EVENT_VERSION",
+    "RoomEvent",
+    "RoomEventError",
+    "RoomEventPush",
+    "RoomEvents",
+    "RoomList",
+    "RoomPost",
+    "RoomSync",
+    "Rooms",
+    "Roster",
+    "SignedRoomEvent",
+    "decode_room_event",
+    "event_hash",
     "signed_payload",
 ]  # fmt: skip
 
@@ -310,3 +340,58 @@ class Roster:
             room=m["room"], seq=m["seq"], head=m["head"], owner=m["owner"], open=m["open"],
             members=dict(m["members"]), invited=dict(m["invited"]), admins=set(m["admins"]),
         )  # fmt: skip
+
+
+# -- the wire messages that carry room events (registered with the others) -------------
+@_message("room_post")
+class RoomPost(Message):
+    """Post a signed room event (create, invite, join, leave, remove, promote, demote);
+    answered by :class:`Ok` once it is durable and forwarded, or by ``conflict`` when it
+    does not follow the room's latest event."""
+
+    id: I
+    room: Annotated[str, NAME]
+    event: Annotated[bytes, ROOM_EVENT]
+
+
+@_message("room_sync")
+class RoomSync(Message):
+    """Ask for ``room``'s events after sequence number ``after`` (members, invitees, and
+    anyone for an open room); answered by :class:`RoomEvents`."""
+
+    id: I
+    room: Annotated[str, NAME]
+    after: Annotated[int, COUNT]
+
+
+@_message("room_events")
+class RoomEvents(Message):
+    """Signed events in order, at most ``MAX_ROOM_EVENTS``; fewer means there are no
+    more (an empty list for a room that does not exist)."""
+
+    id: I
+    room: Annotated[str, NAME]
+    events: Annotated[tuple[bytes, ...], ROOM_EVENTS]
+
+
+@_message("room_event")
+class RoomEventPush(Message):
+    """Push: a new event of a room you are in or invited to (or removed from)."""
+
+    room: Annotated[str, NAME]
+    event: Annotated[bytes, ROOM_EVENT]
+
+
+@_message("room_list")
+class RoomList(Message):
+    """Ask which rooms you are in or invited to; answered by :class:`Rooms`."""
+
+    id: I
+
+
+@_message("rooms")
+class Rooms(Message):
+    """Reply to :class:`RoomList`."""
+
+    id: I
+    rooms: Annotated[tuple[RoomInfo, ...], ROOM_INFOS]

@@ -82,7 +82,7 @@ class Admission:
         _decrement(self.open, key)
         if pending:
             _decrement(self.pending, key)
-        self.trimmer.closed()
+        self.trimmer.closed(burst_over=pending and not self.pending)
 
     def _refused(self, key: str) -> None:
         self.refused += 1

@@ -38,9 +38,13 @@ class Trimmer:
         self._closed = 0
         self._last = -min_interval
 
-    def closed(self) -> None:
+    def closed(self, burst_over: bool = False) -> None:
+        """A connection closed; ``burst_over``: no connection is waiting for its login
+        any more, so whatever a burst of them held can go back now."""
         self._closed += 1
-        if self._closed >= self._every and self._now() - self._last >= self._min_interval:
+        if (burst_over or self._closed >= self._every) and (
+            self._now() - self._last >= self._min_interval or burst_over
+        ):
             self.flush()
 
     def flush(self) -> None:

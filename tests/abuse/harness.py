@@ -98,6 +98,17 @@ class Probe:
         )
 
 
+async def rss_below(reactor: Any, pid: int, bound_kib: int, timeout: float = 10.0) -> int:
+    """The process's RSS once it is below ``bound_kib`` (checked every 0.1 s), or after
+    ``timeout`` seconds, whichever comes first (the caller asserts on the value)."""
+    deadline = reactor.seconds() + timeout
+    now = rss_kib(pid)
+    while now >= bound_kib and reactor.seconds() < deadline:
+        await pause(reactor, 0.1)
+        now = rss_kib(pid)
+    return now
+
+
 async def pause(reactor: Any, seconds: float) -> None:
     """Let ``seconds`` pass (pacing an attacker, not waiting for a result)."""
     await task.deferLater(reactor, seconds, lambda: None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -47,13 +47,14 @@ class SocialQueries:
     def limits(self, value: QueueLimits) -> None:
         self._usage.limits = value
 
-    def run(
-        self,
-        fn: Callable[Concatenate[sqlite3.Connection, _P], _T],
-        *args: _P.args,
-        **kwargs: _P.kwargs,
-    ) -> Deferred[_T]:
-        raise NotImplementedError
+    if TYPE_CHECKING:
+        # Declared for the type checker only: the method is SQLiteStore.run.
+        def run(
+            self,
+            fn: Callable[Concatenate[sqlite3.Connection, _P], _T],
+            *args: _P.args,
+            **kwargs: _P.kwargs,
+        ) -> Deferred[_T]: ...
 
     # -- users -----------------------------------------------------------------
     def add_user(
